@@ -1,0 +1,471 @@
+-- copas-rs: the public Copas API over the Rust scheduler in `copas.core`.
+--
+-- This file holds the API surface only: argument checks, names, error handlers, exit
+-- signalling and the late binding through the `copas` table that upstream programs observe.
+-- Scheduling, sleeping and timers are in Rust (src/scheduler.rs).
+
+if _VERSION == "Lua 5.1" then
+  -- Upstream refuses these orders on 5.1 and LuaJIT, where copas patches LuaSocket on load.
+  if package.loaded["socket.http"] then
+    error("you must require copas before require'ing socket.http")
+  end
+  if package.loaded["copas.http"] then
+    error("you must require copas before require'ing copas.http")
+  end
+end
+
+local core = require("copas.core")
+
+local function optional(name)
+  local ok, mod = pcall(require, name)
+  if ok then return mod end
+  return nil
+end
+
+local socket = optional("socket")
+local system = optional("system")
+
+local sched = core.new()
+local TOKEN, OP_PAUSE, OP_FOREVER, OP_TIMER_DONE =
+  core.TOKEN, core.OP_PAUSE, core.OP_FOREVER, core.OP_TIMER_DONE
+
+local yield = coroutine.yield
+local type, select, tostring, error, pcall, xpcall, setmetatable, getmetatable =
+  type, select, tostring, error, pcall, xpcall, setmetatable, getmetatable
+local unpack = table.unpack or unpack
+local huge = math.huge
+
+-- The coroutine that identifies "the running thread": on 5.2+ the main thread too; on 5.1 and
+-- LuaJIT nil there. On PUC 5.1, coxpcall runs protected code in helper coroutines and maps them
+-- back to the copas thread, as upstream does.
+local running
+if _VERSION == "Lua 5.1" and not jit then
+  local coxpcall = optional("coxpcall")
+  running = coxpcall and coxpcall.running or coroutine.running
+else
+  local raw_running = coroutine.running
+  running = function() return (raw_running()) end
+end
+
+
+local copas = setmetatable({}, {})
+local copas_mt = getmetatable(copas)
+
+copas._COPYRIGHT = "Copyright (C) 2005-2013 Kepler Project, 2015-2026 Thijs Schreijer"
+copas._DESCRIPTION = "Coroutine Oriented Portable Asynchronous Services"
+copas._VERSION = "Copas 4.11.0"
+copas.autoclose = true
+copas.running = false
+copas.gettime = socket and socket.gettime or system and system.gettime or core.gettime
+
+
+-------------------------------------------------------------------------------
+-- Argument checks in Lua's own words
+-------------------------------------------------------------------------------
+
+local function typename(v)
+  if v ~= v then return "nan" end
+  return type(v)
+end
+
+local function argerror(n, fname, expected, got)
+  error(("bad argument #%d to '%s' (%s expected, got %s)"):format(n, fname, expected, typename(got)), 3)
+end
+
+local function is_callable(f)
+  if type(f) == "function" then return true end
+  local mt = getmetatable(f)
+  return type(mt) == "table" and mt.__call ~= nil
+end
+
+local function check_optional_number(v, n, fname)
+  if v ~= nil and type(v) ~= "number" then argerror(n, fname, "number", v) end
+end
+
+
+-------------------------------------------------------------------------------
+-- Lazy submodules, copas() as copas.loop()
+-------------------------------------------------------------------------------
+
+local lazy = { ftp = true, future = true, http = true, lock = true, queue = true,
+               semaphore = true, smtp = true, timer = true }
+
+copas_mt.__index = function(self, key)
+  if not lazy[key] then return nil end
+  local mod = require("copas." .. key)
+  lazy[key] = nil
+  rawset(self, key, mod)
+  return mod
+end
+
+copas_mt.__call = function(self, ...)
+  return self.loop(...)
+end
+
+
+-------------------------------------------------------------------------------
+-- Names of threads and sockets
+-------------------------------------------------------------------------------
+
+-- A default name is the object's tostring at its first lookup, cached (upstream quirk §6).
+local names = setmetatable({}, { __mode = "k" })
+
+local function name_of(obj)
+  local name = names[obj]
+  if name == nil then
+    name = tostring(obj)
+    names[obj] = name
+  end
+  return name
+end
+
+function copas.setthreadname(name, co)
+  if type(name) ~= "string" then error("expected arg #1 to be a string", 2) end
+  co = co or running()
+  if type(co) ~= "thread" then error("expected arg #2 to be a coroutine or nil", 2) end
+  names[co] = name
+end
+
+function copas.getthreadname(co)
+  co = co or running()
+  if type(co) ~= "thread" then error("expected arg #1 to be a coroutine or nil", 2) end
+  return name_of(co)
+end
+
+function copas.setsocketname(name, skt)
+  if type(name) ~= "string" then error("expected arg #1 to be a string", 2) end
+  if not skt then error("expected arg #2 to be a socket", 2) end
+  names[skt] = name
+end
+
+function copas.getsocketname(skt)
+  if not skt then error("expected arg #1 to be a socket", 2) end
+  return name_of(skt)
+end
+
+
+-------------------------------------------------------------------------------
+-- Error handling
+-------------------------------------------------------------------------------
+
+local errhandlers = setmetatable({}, { __mode = "k" })
+
+function copas.gettraceback(msg, co, skt)
+  local co_str = co == nil and "nil" or copas.getthreadname(co)
+  local skt_str = skt == nil and "nil" or copas.getsocketname(skt)
+  local msg_str = msg == nil and "" or tostring(msg)
+  if msg_str == "" then
+    -- Upstream formats the empty message into the first slot; its output is kept (§15.12).
+    msg_str = ("(coroutine: %s, socket: %s)"):format(msg_str, co_str, skt_str)
+  else
+    msg_str = ("%s (coroutine: %s, socket: %s)"):format(msg_str, co_str, skt_str)
+  end
+  if type(co) == "thread" then
+    return debug.traceback(co, msg_str)
+  end
+  return debug.traceback(msg_str, 2)
+end
+
+local function default_errorhandler(msg, co, skt)
+  print(copas.gettraceback(msg, co, skt))
+end
+
+function copas.seterrorhandler(handler, default)
+  if handler ~= nil and type(handler) ~= "function" then
+    error("Expected the handler to be a function, or nil", 2)
+  end
+  if default then
+    if handler == nil then
+      error("Expected the handler to be a function when setting the default", 2)
+    end
+    default_errorhandler = handler
+  else
+    errhandlers[running()] = handler
+  end
+end
+copas.setErrorHandler = copas.seterrorhandler
+
+function copas.geterrorhandler(co)
+  co = co or running()
+  return co ~= nil and errhandlers[co] or default_errorhandler
+end
+
+-- Called by the core when a task raised (or yielded outside copas). The error value arrives as
+-- raised; the handler runs after the coroutine died, its stack intact for debug.traceback.
+local function dispatch_error(err, co)
+  local handler = errhandlers[co] or default_errorhandler
+  errhandlers[co] = nil
+  local ok, e = pcall(handler, err, co, nil)
+  if not ok then
+    print("Failed executing error handler: " .. tostring(e))
+  end
+end
+sched.set_error_hook(dispatch_error)
+
+
+-------------------------------------------------------------------------------
+-- Threads
+-------------------------------------------------------------------------------
+
+-- Task ids by coroutine, for wakeup/removethread; weak, so finished threads are collectable.
+local task_ids = setmetatable({}, { __mode = "k" })
+
+function copas.addnamedthread(name, handler, ...)
+  if type(name) == "function" and type(handler) == "string" then
+    name, handler = handler, name   -- the old argument order
+  end
+  if name ~= nil and type(name) ~= "string" then argerror(1, "addnamedthread", "string", name) end
+  if not is_callable(handler) then argerror(2, "addnamedthread", "function", handler) end
+  local co
+  local n = select("#", ...)
+  if n == 0 then
+    co = coroutine.create(function() return handler() end)
+  else
+    local args = { ... }
+    co = coroutine.create(function() return handler(unpack(args, 1, n)) end)
+  end
+  if name ~= nil then names[co] = name end
+  task_ids[co] = sched.spawn(co, true)
+  return co
+end
+
+function copas.addthread(handler, ...)
+  if not is_callable(handler) then argerror(1, "addthread", "function", handler) end
+  return copas.addnamedthread(nil, handler, ...)
+end
+
+function copas.removethread(co)
+  if type(co) ~= "thread" then argerror(1, "removethread", "coroutine", co) end
+  local id = task_ids[co]
+  if id then sched.remove(id) end
+end
+
+function copas.pause(sleeptime)
+  check_optional_number(sleeptime, 1, "pause")
+  return yield(TOKEN, OP_PAUSE, sleeptime)
+end
+
+function copas.pauseforever()
+  return yield(TOKEN, OP_FOREVER)
+end
+
+function copas.sleep(sleeptime)
+  check_optional_number(sleeptime, 1, "sleep")
+  sleeptime = sleeptime or 0
+  if sleeptime < 0 then
+    yield(TOKEN, OP_FOREVER)
+  else
+    yield(TOKEN, OP_PAUSE, sleeptime)
+  end
+end
+
+function copas.wakeup(co)
+  if type(co) ~= "thread" then argerror(1, "wakeup", "coroutine", co) end
+  local id = task_ids[co]
+  if id then sched.wakeup(id) end
+end
+
+
+-------------------------------------------------------------------------------
+-- copas.timeout: one timer per coroutine, run in the core timer coroutine
+-------------------------------------------------------------------------------
+
+local timeout_ids = setmetatable({}, { __mode = "k" })
+local core_timer
+
+local function timer_callback_failed(err)
+  local ok, e = pcall(default_errorhandler, err, core_timer, nil)
+  if not ok then
+    print("Failed executing error handler: " .. tostring(e))
+  end
+  return err
+end
+
+local function core_timer_body()
+  while true do
+    local callback, co = sched.fired()
+    if callback ~= nil then
+      xpcall(function() return callback(co) end, timer_callback_failed)
+    end
+    yield(TOKEN, OP_TIMER_DONE)
+  end
+end
+
+sched.set_core_timer_factory(function()
+  core_timer = coroutine.create(core_timer_body)
+  names[core_timer] = "copas_core_timer"
+  return core_timer
+end)
+
+function copas.timeout(delay, callback)
+  local co = running()
+  local existing = co ~= nil and timeout_ids[co]
+  if existing then
+    sched.cancel_timer(existing)
+    timeout_ids[co] = nil
+  end
+  if type(delay) ~= "number" then argerror(1, "timeout", "number", delay) end
+  if delay > 0 and delay ~= huge then
+    if not is_callable(callback) then
+      if callback == nil then error("the callback parameter is required", 2) end
+      argerror(2, "timeout", "function", callback)
+    end
+    timeout_ids[co] = sched.add_timer(delay, callback, co)
+  elseif delay ~= 0 and delay ~= huge then
+    error(("timout value must be greater than or equal to 0, got: %s"):format(tostring(delay)), 2)
+  end
+  return true
+end
+
+function copas.gettimeouts()
+  return sched.timer_count()
+end
+
+
+-------------------------------------------------------------------------------
+-- The loop, exit signalling, status
+-------------------------------------------------------------------------------
+
+function copas.step(timeout)
+  check_optional_number(timeout, 1, "step")
+  local events = sched.step(timeout)
+  -- Upstream without LuaSocket has no select to time out, and always reports true.
+  return events or socket == nil
+end
+
+function copas.finished()
+  return sched.finished()
+end
+
+local exiting        -- nil until the first loop, as upstream
+local exit_waiters   -- coroutines in waitforexit; nil until the first loop
+
+local function not_looping()
+  error("copas has no exit signal before the first copas.loop() (attempt to index a nil value 'exit_semaphore')", 3)
+end
+
+function copas.exit()
+  if exiting then return end
+  exiting = true
+  if not exit_waiters then not_looping() end
+  -- Every waiter is released (upstream releases only one: its exit semaphore has max 1).
+  local waiters = exit_waiters
+  exit_waiters = {}
+  for i = 1, #waiters do
+    copas.wakeup(waiters[i])
+  end
+end
+
+function copas.exiting()
+  return exiting
+end
+
+function copas.waitforexit()
+  if exiting then return end
+  if not exit_waiters then not_looping() end
+  exit_waiters[#exit_waiters + 1] = running()
+  repeat
+    copas.pauseforever()
+  until exiting
+end
+
+local builtin_step, builtin_finished = copas.step, copas.finished
+
+-- Steps until finished. While copas.step and copas.finished are the built-in ones the steps run
+-- in Rust without a return to Lua each time; once a program wraps either, every step goes
+-- through the copas table, as upstream's loop does.
+local function run_until_finished(timeout)
+  if sched.run(copas, builtin_step, builtin_finished, timeout) then return end
+  repeat
+    copas.step(timeout)
+  until copas.finished()
+end
+
+function copas.loop(initializer, timeout)
+  if type(initializer) == "function" then
+    copas.addnamedthread("copas_initializer", initializer)
+  else
+    timeout = initializer or timeout
+  end
+  check_optional_number(timeout, type(initializer) == "function" and 2 or 1, "loop")
+  exiting = false
+  exit_waiters = {}
+  copas.running = true
+  while true do
+    run_until_finished(timeout)
+    if copas.exiting() then break end
+    copas.exit()
+  end
+  copas.running = false
+end
+
+function copas.cancelall()
+  sched.cancel_all()
+  copas.exit()
+end
+
+function copas.status(enable_stats)
+  local res = {}
+  if enable_stats == true and not sched.stats_enabled() then
+    sched.set_stats(true)
+  elseif enable_stats == false then
+    sched.set_stats(false)
+  elseif sched.stats_enabled() then
+    sched.take_stats(res)
+  end
+  local active, sleeping, forever = sched.counts()
+  res.running = not not copas.running
+  res.timeout = copas.gettimeouts()
+  res.timer = sleeping
+  res.inactive = forever
+  res.read = 0
+  res.write = 0
+  res.active = active
+  return res
+end
+
+
+-------------------------------------------------------------------------------
+-- Debug logging
+-------------------------------------------------------------------------------
+
+copas.debug = {}
+
+local function trace_line(logger, with_core)
+  return function(event, co, op, seconds)
+    local name = copas.getthreadname(co)
+    if name == "copas_core_timer" and not with_core then return end
+    if event == "resume" then
+      logger("resuming '", name, "'")
+    elseif event == "exit" then
+      logger("exiting '", name, "'")
+    elseif op == OP_PAUSE then
+      logger("yielding '", name, "' to SLEEP for ", seconds or 0, " seconds")
+    elseif op == OP_FOREVER then
+      logger("yielding '", name, "' to SLEEP for ", -1, " seconds")
+    end
+  end
+end
+
+function copas.debug.start(logger, core_timer_too)
+  sched.set_tracer(trace_line(logger or print, core_timer_too))
+end
+
+function copas.debug.stop()
+  sched.set_tracer(nil)
+end
+
+
+-------------------------------------------------------------------------------
+-- Helpers for the submodules, kept off the public table (pairs(copas) matches upstream)
+-------------------------------------------------------------------------------
+
+copas_mt.internal = {
+  -- True when `co` was removed (removethread, cancelall) or has ended: it will not run again.
+  isremoved = function(co)
+    local id = task_ids[co]
+    return id ~= nil and not sched.alive(id)
+  end,
+}
+
+return copas

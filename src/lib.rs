@@ -1,0 +1,137 @@
+//! `copas.core`: the scheduler, timers and reactor behind copas-rs.
+//!
+//! `require("copas.core")` gives a table whose `new()` makes one independent scheduler instance
+//! (a table of functions over shared state). `lua/copas.lua` makes one per load, so reloading
+//! copas gives a fresh instance, as upstream.
+
+mod reactor;
+mod resume;
+mod scheduler;
+mod stats;
+mod timers;
+
+use std::os::raw::c_void;
+use std::rc::Rc;
+
+use mlua::{Function, LightUserData, Lua, Table, Thread, Value};
+
+use scheduler::{Core, OP_FOREVER, OP_PAUSE, OP_TIMER_DONE};
+
+/// Its address marks a yield as coming from the copas shim.
+static TOKEN: u8 = 0;
+
+fn token() -> *mut c_void {
+    &TOKEN as *const u8 as *mut c_void
+}
+
+#[mlua::lua_module(name = "copas_core")]
+fn copas_core(lua: &Lua) -> mlua::Result<Table> {
+    let module = lua.create_table()?;
+    module.set("TOKEN", LightUserData(token()))?;
+    module.set("OP_PAUSE", OP_PAUSE)?;
+    module.set("OP_FOREVER", OP_FOREVER)?;
+    module.set("OP_TIMER_DONE", OP_TIMER_DONE)?;
+    module.set(
+        "gettime",
+        lua.create_function(|_, ()| Ok(stats::epoch_seconds()))?,
+    )?;
+    module.set("new", lua.create_function(|lua, ()| new_instance(lua))?)?;
+    Ok(module)
+}
+
+/// Adds `name = function(args) ... end` to `t`, the function closing over the instance.
+fn add<A, R, F>(lua: &Lua, t: &Table, core: &Rc<Core>, name: &str, f: F) -> mlua::Result<()>
+where
+    A: mlua::FromLuaMulti,
+    R: mlua::IntoLuaMulti,
+    F: Fn(&Lua, &Core, A) -> mlua::Result<R> + 'static,
+{
+    let core = Rc::clone(core);
+    t.raw_set(
+        name,
+        lua.create_function(move |lua, args| f(lua, &core, args))?,
+    )
+}
+
+fn new_instance(lua: &Lua) -> mlua::Result<Table> {
+    let core = Rc::new(Core::new(lua, token())?);
+    let t = lua.create_table()?;
+    add(
+        lua,
+        &t,
+        &core,
+        "spawn",
+        |_, c, (co, registered): (Thread, bool)| c.spawn(co, registered),
+    )?;
+    add(lua, &t, &core, "wakeup", |_, c, id: i64| c.wakeup(id))?;
+    add(lua, &t, &core, "remove", |_, c, id: i64| c.remove(id))?;
+    add(lua, &t, &core, "alive", |_, c, id: i64| Ok(c.alive(id)))?;
+    add(lua, &t, &core, "step", |lua, c, timeout: Option<f64>| {
+        c.step(lua, timeout)
+    })?;
+    add(
+        lua,
+        &t,
+        &core,
+        "run",
+        |lua, c, (copas, step, finished, timeout): (Table, Function, Function, Option<f64>)| {
+            c.run(lua, &copas, &step, &finished, timeout)
+        },
+    )?;
+    add(lua, &t, &core, "finished", |_, c, ()| Ok(c.finished()))?;
+    add(lua, &t, &core, "counts", |_, c, ()| Ok(c.counts()))?;
+    add(
+        lua,
+        &t,
+        &core,
+        "add_timer",
+        |_, c, (delay, cb, arg): (f64, Value, Value)| c.add_timer(delay, cb, arg),
+    )?;
+    add(lua, &t, &core, "cancel_timer", |_, c, id: i64| {
+        c.cancel_timer(id)
+    })?;
+    add(
+        lua,
+        &t,
+        &core,
+        "timer_count",
+        |_, c, ()| Ok(c.timer_count()),
+    )?;
+    add(lua, &t, &core, "fired", |_, c, ()| c.fired())?;
+    add(lua, &t, &core, "cancel_all", |_, c, ()| c.cancel_all())?;
+    add(
+        lua,
+        &t,
+        &core,
+        "set_error_hook",
+        |_, c, f: Option<Function>| {
+            c.set_error_hook(f);
+            Ok(())
+        },
+    )?;
+    add(lua, &t, &core, "set_tracer", |_, c, f: Option<Function>| {
+        c.set_tracer(f);
+        Ok(())
+    })?;
+    add(
+        lua,
+        &t,
+        &core,
+        "set_core_timer_factory",
+        |_, c, f: Function| {
+            c.set_core_timer_factory(f);
+            Ok(())
+        },
+    )?;
+    add(lua, &t, &core, "set_stats", |_, c, on: bool| {
+        c.set_stats(on);
+        Ok(())
+    })?;
+    add(lua, &t, &core, "stats_enabled", |_, c, ()| {
+        Ok(c.stats_enabled())
+    })?;
+    add(lua, &t, &core, "take_stats", |_, c, out: Table| {
+        c.take_stats(&out)
+    })?;
+    Ok(t)
+}

@@ -1,0 +1,747 @@
+//! Tasks, the ready queue, the resume loop: `step`, `finished`, wake-ups, removal and the
+//! `copas.timeout` timers that run inside the core timer coroutine.
+//!
+//! Rust holds only slab keys; the coroutines themselves live in Lua tables indexed by key
+//! (`threads`, or `forever` — a weak table — while a task sleeps until woken, so that an
+//! abandoned sleeper can be collected). No `RefCell` borrow is held across a resume: the
+//! coroutine calls back into this module.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::os::raw::c_void;
+use std::time::Duration;
+
+use mlua::{ffi, Function, Lua, LuaString, Table, Thread, Value};
+use slab::Slab;
+
+use crate::reactor::Reactor;
+use crate::resume::{resume, ErrorBox, Outcome};
+use crate::stats::Stats;
+use crate::timers::{Deadlines, Entry, Target};
+
+/// Yield opcodes: `coroutine.yield(TOKEN, op, arg)`.
+pub const OP_PAUSE: i64 = 1;
+pub const OP_FOREVER: i64 = 2;
+pub const OP_TIMER_DONE: i64 = 3;
+
+const FOREIGN_YIELD: &str =
+    "coroutine.yield was called without a resume first, user-code cannot yield to Copas";
+
+/// Ids handed to Lua pack a slab key with a generation, so a stale id never hits a reused slot.
+/// Both halves stay below 2^53 so the id survives as a Lua 5.1 double.
+const KEY_BITS: u32 = 32;
+const GEN_MASK: u32 = (1 << 20) - 1;
+
+fn pack(key: usize, gen: u32) -> i64 {
+    ((gen as i64) << KEY_BITS) | key as i64
+}
+
+fn unpack(id: i64) -> (usize, u32) {
+    (
+        (id & 0xFFFF_FFFF) as usize,
+        ((id >> KEY_BITS) as u32) & GEN_MASK,
+    )
+}
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Wait {
+    Ready,
+    Running,
+    /// In the deadline heap under this sequence number.
+    Sleeping(u64),
+    /// `pause(math.huge)`: asleep for ever, and it keeps the loop alive (upstream quirk).
+    SleepingUnbounded,
+    /// `pauseforever()`: until woken; does not keep the loop alive by itself.
+    Forever,
+}
+
+struct Task {
+    gen: u32,
+    registered: bool,
+    canceled: bool,
+    started: bool,
+    wait: Wait,
+    /// Monotonic time of the last yield, to report the elapsed wait on resume.
+    since: u64,
+    /// The coroutine's lua_State. Valid while `Store::threads` holds the coroutine, which it does
+    /// whenever the task can be resumed (a forever-sleeper is moved back there on wake-up).
+    state: *mut ffi::lua_State,
+}
+
+struct TimerRec {
+    gen: u32,
+    seq: u64,
+}
+
+struct Sched {
+    tasks: Slab<Task>,
+    ready: VecDeque<(usize, u32)>,
+    /// The previous step's batch, emptied, kept for its capacity.
+    spare: VecDeque<(usize, u32)>,
+    deadlines: Deadlines,
+    timers: Slab<TimerRec>,
+    next_gen: u32,
+    sleeping: usize,
+    forever: usize,
+    forever_at_sweep: usize,
+    firing: Option<usize>,
+    /// The clock read once per step; yields and resumes within the step use it.
+    step_now: u64,
+    reactor: Reactor,
+    stats: Stats,
+}
+
+impl Sched {
+    fn next_gen(&mut self) -> u32 {
+        self.next_gen = (self.next_gen + 1) & GEN_MASK;
+        self.next_gen
+    }
+
+    fn task(&mut self, key: usize, gen: u32) -> Option<&mut Task> {
+        self.tasks.get_mut(key).filter(|t| t.gen == gen)
+    }
+
+    /// Takes a task out of whatever wait it is in, keeping the counters right.
+    fn leave_wait(&mut self, key: usize) {
+        let Some(t) = self.tasks.get_mut(key) else {
+            return;
+        };
+        match t.wait {
+            Wait::Sleeping(_) | Wait::SleepingUnbounded => self.sleeping -= 1,
+            Wait::Forever => self.forever -= 1,
+            _ => {}
+        }
+        t.wait = Wait::Running;
+    }
+
+    fn make_ready(&mut self, key: usize) {
+        self.leave_wait(key);
+        let t = &mut self.tasks[key];
+        t.wait = Wait::Ready;
+        self.ready.push_back((key, t.gen));
+    }
+
+    fn is_live(&self, e: &Entry) -> bool {
+        match e.target {
+            Target::Task(k) => {
+                matches!(self.tasks.get(k), Some(t) if t.wait == Wait::Sleeping(e.seq))
+            }
+            Target::Timer(k) => matches!(self.timers.get(k), Some(t) if t.seq == e.seq),
+        }
+    }
+
+    fn compact(&mut self) {
+        let live = self.sleeping + self.timers.len();
+        let mut deadlines = std::mem::replace(&mut self.deadlines, Deadlines::new());
+        deadlines.compact_if_sparse(live, |e| self.is_live(e));
+        self.deadlines = deadlines;
+    }
+
+    /// How long the loop may wait: 0 with work ready, else until the next deadline, capped by
+    /// the caller's timeout (negative means none: upstream's select would block for ever there).
+    fn wait_time(&self, timeout: Option<f64>) -> Option<Duration> {
+        if !self.ready.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let user = timeout
+            .filter(|t| *t >= 0.0)
+            .and_then(|t| Duration::try_from_secs_f64(t).ok());
+        let next = self
+            .deadlines
+            .earliest()
+            .map(|at| Duration::from_nanos(at.saturating_sub(self.deadlines.now())));
+        match (user, next) {
+            (Some(u), Some(n)) => Some(u.min(n)),
+            (Some(u), None) => Some(u),
+            (None, Some(n)) => Some(n),
+            // Nothing can ever wake an unbounded wait without sources: return at once.
+            (None, None) if !self.reactor.has_sources() => Some(Duration::ZERO),
+            (None, None) => None,
+        }
+    }
+
+    /// Moves due sleepers to the ready queue and returns the due timers, in deadline order.
+    fn expire(&mut self) -> Vec<(usize, u32)> {
+        let now = self.deadlines.now();
+        self.step_now = now;
+        let mut due_timers = Vec::new();
+        while let Some(e) = self.deadlines.pop_due(now) {
+            if !self.is_live(&e) {
+                continue;
+            }
+            match e.target {
+                Target::Task(k) => self.make_ready(k),
+                Target::Timer(k) => due_timers.push((k, self.timers[k].gen)),
+            }
+        }
+        due_timers
+    }
+}
+
+/// Lua-side storage for the values the scheduler refers to by key.
+struct Store {
+    threads: Table,
+    forever: Table,
+    timer_callbacks: Table,
+    timer_args: Table,
+}
+
+struct Hooks {
+    on_error: Option<Function>,
+    tracer: Option<Function>,
+    core_timer_factory: Option<Function>,
+    core_timer: Option<Thread>,
+}
+
+fn foreign_yield_error(lua: &Lua) -> Value {
+    lua.create_string(FOREIGN_YIELD)
+        .map_or(Value::Nil, Value::String)
+}
+
+/// Interned table keys, so that checking them once per step costs no string hashing.
+struct Keys {
+    step: LuaString,
+    finished: LuaString,
+}
+
+pub struct Core {
+    sched: RefCell<Sched>,
+    keys: Keys,
+    store: Store,
+    hooks: RefCell<Hooks>,
+    errors: ErrorBox,
+    token: *mut c_void,
+}
+
+impl Core {
+    pub fn new(lua: &Lua, token: *mut c_void) -> mlua::Result<Core> {
+        let weak_values = lua.create_table()?;
+        weak_values.raw_set("__mode", "v")?;
+        let forever = lua.create_table()?;
+        forever.set_metatable(Some(weak_values))?;
+        Ok(Core {
+            sched: RefCell::new(Sched {
+                tasks: Slab::new(),
+                ready: VecDeque::new(),
+                spare: VecDeque::new(),
+                deadlines: Deadlines::new(),
+                timers: Slab::new(),
+                next_gen: 0,
+                sleeping: 0,
+                forever: 0,
+                forever_at_sweep: 0,
+                firing: None,
+                step_now: 0,
+                reactor: Reactor::new(),
+                stats: Stats::default(),
+            }),
+            keys: Keys {
+                step: lua.create_string("step")?,
+                finished: lua.create_string("finished")?,
+            },
+            store: Store {
+                threads: lua.create_table()?,
+                forever,
+                timer_callbacks: lua.create_table()?,
+                timer_args: lua.create_table()?,
+            },
+            hooks: RefCell::new(Hooks {
+                on_error: None,
+                tracer: None,
+                core_timer_factory: None,
+                core_timer: None,
+            }),
+            errors: ErrorBox::new(lua)?,
+            token,
+        })
+    }
+
+    pub fn set_error_hook(&self, f: Option<Function>) {
+        self.hooks.borrow_mut().on_error = f;
+    }
+
+    pub fn set_tracer(&self, f: Option<Function>) {
+        self.hooks.borrow_mut().tracer = f;
+    }
+
+    pub fn set_core_timer_factory(&self, f: Function) {
+        let mut hooks = self.hooks.borrow_mut();
+        hooks.core_timer_factory = Some(f);
+        hooks.core_timer = None;
+    }
+
+    /// Registers a new task, ready to run in the next resumable phase. `registered` tasks are the
+    /// ones `removethread` can cancel (threads added with addthread, as upstream).
+    pub fn spawn(&self, co: Thread, registered: bool) -> mlua::Result<i64> {
+        let mut s = self.sched.borrow_mut();
+        let gen = s.next_gen();
+        let key = s.tasks.insert(Task {
+            gen,
+            registered,
+            canceled: false,
+            started: false,
+            wait: Wait::Ready,
+            since: 0,
+            state: co.state(),
+        });
+        s.ready.push_back((key, gen));
+        drop(s);
+        self.store.threads.raw_set(key, co)?;
+        Ok(pack(key, gen))
+    }
+
+    /// `copas.wakeup`: a sleeping or forever-sleeping task becomes ready; anything else is left alone.
+    pub fn wakeup(&self, id: i64) -> mlua::Result<()> {
+        let (key, gen) = unpack(id);
+        let mut s = self.sched.borrow_mut();
+        let Some(t) = s.task(key, gen) else {
+            return Ok(());
+        };
+        match t.wait {
+            Wait::Sleeping(_) | Wait::SleepingUnbounded => s.make_ready(key),
+            Wait::Forever => {
+                let co: Value = self.store.forever.raw_get(key)?;
+                if co.is_nil() {
+                    // Collected while asleep: nothing is left to wake.
+                    s.leave_wait(key);
+                    s.tasks.remove(key);
+                } else {
+                    self.store.threads.raw_set(key, co)?;
+                    self.store.forever.raw_set(key, Value::Nil)?;
+                    s.make_ready(key);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// `copas.removethread`: a registered task is never resumed again; any task asleep is taken
+    /// off the schedule at once (upstream removes it from the sleep structures, registered or not).
+    pub fn remove(&self, id: i64) -> mlua::Result<()> {
+        let (key, gen) = unpack(id);
+        let mut s = self.sched.borrow_mut();
+        let Some(t) = s.task(key, gen) else {
+            return Ok(());
+        };
+        if t.registered {
+            t.canceled = true;
+        }
+        if matches!(
+            t.wait,
+            Wait::Sleeping(_) | Wait::SleepingUnbounded | Wait::Forever
+        ) {
+            s.leave_wait(key);
+            s.tasks.remove(key);
+            drop(s);
+            self.forget(key)?;
+        }
+        Ok(())
+    }
+
+    /// True while the task exists and has not been removed.
+    pub fn alive(&self, id: i64) -> bool {
+        let (key, gen) = unpack(id);
+        let mut s = self.sched.borrow_mut();
+        matches!(s.task(key, gen), Some(t) if !t.canceled)
+    }
+
+    fn forget(&self, key: usize) -> mlua::Result<()> {
+        self.store.threads.raw_set(key, Value::Nil)?;
+        self.store.forever.raw_set(key, Value::Nil)
+    }
+
+    /// `copas.timeout`: calls `callback(arg)` in the core timer coroutine after `delay` seconds.
+    pub fn add_timer(&self, delay: f64, callback: Value, arg: Value) -> mlua::Result<i64> {
+        let mut s = self.sched.borrow_mut();
+        let Some(at) = s.deadlines.deadline_after(delay) else {
+            return Ok(0);
+        };
+        let gen = s.next_gen();
+        let key = s.timers.insert(TimerRec { gen, seq: 0 });
+        let seq = s.deadlines.push(at, Target::Timer(key));
+        s.timers[key].seq = seq;
+        s.compact();
+        drop(s);
+        self.store.timer_callbacks.raw_set(key, callback)?;
+        self.store.timer_args.raw_set(key, arg)?;
+        Ok(pack(key, gen))
+    }
+
+    pub fn cancel_timer(&self, id: i64) -> mlua::Result<()> {
+        let (key, gen) = unpack(id);
+        let mut s = self.sched.borrow_mut();
+        if matches!(s.timers.get(key), Some(t) if t.gen == gen) {
+            s.timers.remove(key);
+            drop(s);
+            self.store.timer_callbacks.raw_set(key, Value::Nil)?;
+            self.store.timer_args.raw_set(key, Value::Nil)?;
+        }
+        Ok(())
+    }
+
+    pub fn timer_count(&self) -> usize {
+        self.sched.borrow().timers.len()
+    }
+
+    /// Called by the core timer coroutine: the callback and argument of the timer being fired.
+    pub fn fired(&self) -> mlua::Result<(Value, Value)> {
+        let Some(key) = self.sched.borrow_mut().firing.take() else {
+            return Ok((Value::Nil, Value::Nil));
+        };
+        let cb = self.store.timer_callbacks.raw_get(key)?;
+        let arg = self.store.timer_args.raw_get(key)?;
+        self.store.timer_callbacks.raw_set(key, Value::Nil)?;
+        self.store.timer_args.raw_set(key, Value::Nil)?;
+        Ok((cb, arg))
+    }
+
+    /// (ready, sleeping, forever, timers): the counts behind `copas.status()`.
+    pub fn counts(&self) -> (usize, usize, usize, usize) {
+        self.sweep_collected_forever(true);
+        let s = self.sched.borrow();
+        (s.ready.len(), s.sleeping, s.forever, s.timers.len())
+    }
+
+    /// Frees tasks whose forever-sleeping coroutine was garbage collected. Runs when the set has
+    /// doubled since the last sweep (or when asked), so its cost stays linear overall.
+    fn sweep_collected_forever(&self, always: bool) {
+        let mut s = self.sched.borrow_mut();
+        if s.forever == 0 || (!always && s.forever < 2 * s.forever_at_sweep + 64) {
+            return;
+        }
+        let asleep: Vec<usize> = s
+            .tasks
+            .iter()
+            .filter(|(_, t)| t.wait == Wait::Forever)
+            .map(|(k, _)| k)
+            .collect();
+        for key in asleep {
+            if matches!(self.store.forever.raw_get::<Value>(key), Ok(Value::Nil)) {
+                s.leave_wait(key);
+                s.tasks.remove(key);
+            }
+        }
+        s.forever_at_sweep = s.forever;
+    }
+
+    /// `copas.finished()`: nothing ready, asleep or registered, and no forever-sleeper that a
+    /// pending timeout could still wake.
+    pub fn finished(&self) -> bool {
+        let s = self.sched.borrow();
+        s.ready.is_empty()
+            && s.sleeping == 0
+            && !s.reactor.has_sources()
+            && (s.forever == 0 || s.timers.is_empty())
+    }
+
+    pub fn set_stats(&self, on: bool) {
+        self.sched.borrow_mut().stats.set_enabled(on);
+    }
+
+    pub fn stats_enabled(&self) -> bool {
+        self.sched.borrow().stats.enabled()
+    }
+
+    pub fn take_stats(&self, out: &Table) -> mlua::Result<()> {
+        self.sched.borrow_mut().stats.take_into(out)
+    }
+
+    /// `copas.cancelall()`: every task but the running ones, every sleeper and every pending
+    /// timeout is dropped; nothing of it runs again.
+    pub fn cancel_all(&self) -> mlua::Result<()> {
+        let mut s = self.sched.borrow_mut();
+        let doomed: Vec<usize> = s
+            .tasks
+            .iter()
+            .filter(|(_, t)| t.wait != Wait::Running)
+            .map(|(k, _)| k)
+            .collect();
+        for &key in &doomed {
+            s.leave_wait(key);
+            s.tasks.remove(key);
+        }
+        let timers: Vec<usize> = s.timers.iter().map(|(k, _)| k).collect();
+        s.timers.clear();
+        s.ready.clear();
+        s.deadlines.clear();
+        s.sleeping = 0;
+        s.forever = 0;
+        drop(s);
+        for key in doomed {
+            self.forget(key)?;
+        }
+        for key in timers {
+            self.store.timer_callbacks.raw_set(key, Value::Nil)?;
+            self.store.timer_args.raw_set(key, Value::Nil)?;
+        }
+        Ok(())
+    }
+
+    /// `copas.step`: wait for the next event or deadline, then run what became ready.
+    /// Returns whether any socket event was handled.
+    pub fn step(&self, lua: &Lua, timeout: Option<f64>) -> mlua::Result<bool> {
+        let events = self.wait(timeout)?;
+        let due_timers = self.sched.borrow_mut().expire();
+        for (key, gen) in due_timers {
+            self.fire_timer(lua, key, gen);
+        }
+        let mut batch = {
+            let mut s = self.sched.borrow_mut();
+            let spare = std::mem::take(&mut s.spare);
+            std::mem::replace(&mut s.ready, spare)
+        };
+        for &(key, gen) in &batch {
+            self.run_task(lua, key, gen);
+        }
+        batch.clear();
+        self.sched.borrow_mut().spare = batch;
+        self.sweep_collected_forever(false);
+        Ok(events > 0)
+    }
+
+    /// `copas.loop`'s inner loop without a return to Lua per step: steps until finished, or
+    /// returns false as soon as `copas.step` or `copas.finished` no longer are the built-in ones
+    /// (programs may wrap them, and the loop must then go through the table, as upstream).
+    pub fn run(
+        &self,
+        lua: &Lua,
+        copas: &Table,
+        step: &Function,
+        finished: &Function,
+        timeout: Option<f64>,
+    ) -> mlua::Result<bool> {
+        let same = |name: &LuaString, f: &Function| matches!(copas.raw_get::<Value>(name), Ok(Value::Function(g)) if g == *f);
+        loop {
+            if !same(&self.keys.step, step) || !same(&self.keys.finished, finished) {
+                return Ok(false);
+            }
+            self.step(lua, timeout)?;
+            if self.finished() {
+                return Ok(true);
+            }
+        }
+    }
+
+    fn wait(&self, timeout: Option<f64>) -> mlua::Result<usize> {
+        let mut s = self.sched.borrow_mut();
+        let wait = s.wait_time(timeout);
+        let stats = s.stats.enabled();
+        if stats {
+            s.stats.before_wait();
+        }
+        let events = s.reactor.wait(wait).map_err(mlua::Error::external)?;
+        if stats {
+            s.stats.after_wait();
+        }
+        Ok(events)
+    }
+
+    fn run_task(&self, lua: &Lua, key: usize, gen: u32) {
+        let (state, arg) = {
+            let mut s = self.sched.borrow_mut();
+            let now = s.step_now;
+            let Some(t) = s.task(key, gen).filter(|t| t.wait == Wait::Ready) else {
+                return;
+            };
+            if t.canceled {
+                s.tasks.remove(key);
+                drop(s);
+                let _ = self.forget(key);
+                return;
+            }
+            t.wait = Wait::Running;
+            let elapsed = (now.saturating_sub(t.since)) as f64 / 1e9;
+            (
+                t.state,
+                std::mem::replace(&mut t.started, true).then_some(elapsed),
+            )
+        };
+        if self.tracing() {
+            self.trace_task("resume", key, None);
+        }
+        // SAFETY: the task is Ready, so `Store::threads[key]` holds its coroutine and `state`
+        // points to a live lua_State.
+        let outcome = unsafe { resume(lua, state, self.token, arg, &self.errors) };
+        self.settle(lua, key, outcome);
+    }
+
+    /// Files a task according to what its resume ended with.
+    fn settle(&self, lua: &Lua, key: usize, outcome: Outcome) {
+        match outcome {
+            Outcome::Wait { op, arg } => {
+                if self.file_wait(key, op, arg) {
+                    if self.tracing() {
+                        self.trace_task("yield", key, Some((op, arg)));
+                    }
+                } else {
+                    self.fail_task(key, foreign_yield_error(lua));
+                }
+            }
+            Outcome::ForeignYield => self.fail_task(key, foreign_yield_error(lua)),
+            Outcome::Finished => {
+                if self.tracing() {
+                    self.trace_task("exit", key, None);
+                }
+                self.end_task(key);
+            }
+            Outcome::Failed(err) => self.fail_task(key, err),
+        }
+    }
+
+    fn fail_task(&self, key: usize, err: Value) {
+        let co = self.store.threads.raw_get::<Thread>(key);
+        self.end_task(key);
+        if let Ok(co) = co {
+            self.report(&co, err);
+        }
+    }
+
+    /// Puts a yielded task where its opcode says. False for an opcode this core does not know.
+    fn file_wait(&self, key: usize, op: i64, arg: Option<f64>) -> bool {
+        let mut s = self.sched.borrow_mut();
+        let now = s.step_now;
+        let Some(t) = s.tasks.get_mut(key) else {
+            return true;
+        };
+        t.since = now;
+        if t.canceled {
+            s.tasks.remove(key);
+            drop(s);
+            let _ = self.forget(key);
+            return true;
+        }
+        match op {
+            OP_PAUSE => match arg.filter(|x| *x > 0.0) {
+                None => s.make_ready(key),
+                Some(x) => match s.deadlines.deadline_after(x) {
+                    Some(at) => {
+                        let seq = s.deadlines.push(at, Target::Task(key));
+                        s.tasks[key].wait = Wait::Sleeping(seq);
+                        s.sleeping += 1;
+                        s.compact();
+                    }
+                    None => {
+                        s.tasks[key].wait = Wait::SleepingUnbounded;
+                        s.sleeping += 1;
+                    }
+                },
+            },
+            OP_FOREVER => {
+                s.tasks[key].wait = Wait::Forever;
+                s.forever += 1;
+                drop(s);
+                let co: Value = self.store.threads.raw_get(key).unwrap_or(Value::Nil);
+                let _ = self.store.forever.raw_set(key, co);
+                let _ = self.store.threads.raw_set(key, Value::Nil);
+            }
+            _ => return false,
+        }
+        true
+    }
+
+    fn end_task(&self, key: usize) {
+        let mut s = self.sched.borrow_mut();
+        if s.tasks.contains(key) {
+            s.leave_wait(key);
+            s.tasks.remove(key);
+        }
+        drop(s);
+        let _ = self.forget(key);
+    }
+
+    /// Runs one due `copas.timeout` callback inside the core timer coroutine.
+    fn fire_timer(&self, lua: &Lua, key: usize, gen: u32) {
+        {
+            let mut s = self.sched.borrow_mut();
+            // An earlier callback of this batch may have cancelled it.
+            if !matches!(s.timers.get(key), Some(t) if t.gen == gen) {
+                return;
+            }
+            s.timers.remove(key);
+            s.firing = Some(key);
+        }
+        let Some(timer_co) = self.core_timer() else {
+            let _ = self.fired();
+            return;
+        };
+        if self.tracing() {
+            self.trace("resume", &timer_co, None);
+        }
+        // SAFETY: `timer_co` is a live Thread handle for the duration of the call.
+        match unsafe { resume(lua, timer_co.state(), self.token, Some(0.0), &self.errors) } {
+            Outcome::Wait {
+                op: OP_TIMER_DONE, ..
+            } => {}
+            other => {
+                // The callback yielded into copas (or the timer body ended): the coroutine
+                // becomes an ordinary task and a fresh core timer takes over.
+                self.hooks.borrow_mut().core_timer = None;
+                self.adopt(lua, timer_co, other);
+            }
+        }
+        self.sched.borrow_mut().firing = None;
+    }
+
+    fn core_timer(&self) -> Option<Thread> {
+        let mut hooks = self.hooks.borrow_mut();
+        if hooks.core_timer.is_none() {
+            let factory = hooks.core_timer_factory.clone()?;
+            drop(hooks);
+            let co: Thread = factory.call(()).ok()?;
+            hooks = self.hooks.borrow_mut();
+            hooks.core_timer = Some(co);
+        }
+        hooks.core_timer.clone()
+    }
+
+    fn adopt(&self, lua: &Lua, co: Thread, outcome: Outcome) {
+        let key = {
+            let mut s = self.sched.borrow_mut();
+            let gen = s.next_gen();
+            s.tasks.insert(Task {
+                gen,
+                registered: false,
+                canceled: false,
+                started: true,
+                wait: Wait::Running,
+                since: 0,
+                state: co.state(),
+            })
+        };
+        if self.store.threads.raw_set(key, co).is_err() {
+            self.sched.borrow_mut().tasks.remove(key);
+            return;
+        }
+        self.settle(lua, key, outcome);
+    }
+
+    /// Hands a task's error to the shim's error dispatch. A failing dispatch must not stop the
+    /// loop, so its own error is only written to stderr.
+    fn report(&self, co: &Thread, err: Value) {
+        let hook = self.hooks.borrow().on_error.clone();
+        if let Some(hook) = hook {
+            if let Err(e) = hook.call::<()>((err, co.clone())) {
+                eprintln!("copas: error handler dispatch failed: {e}");
+            }
+        }
+    }
+
+    fn tracing(&self) -> bool {
+        self.hooks.borrow().tracer.is_some()
+    }
+
+    fn trace_task(&self, event: &str, key: usize, wait: Option<(i64, Option<f64>)>) {
+        if let Ok(co) = self.store.threads.raw_get::<Thread>(key) {
+            self.trace(event, &co, wait);
+        }
+    }
+
+    fn trace(&self, event: &str, co: &Thread, wait: Option<(i64, Option<f64>)>) {
+        let tracer = self.hooks.borrow().tracer.clone();
+        if let Some(tracer) = tracer {
+            let (op, arg) = wait.map_or((None, None), |(op, arg)| (Some(op), arg));
+            let _ = tracer.call::<()>((event, co.clone(), op, arg));
+        }
+    }
+}
