@@ -139,17 +139,20 @@ impl Sched {
 
     /// How long the loop may wait: 0 with work ready, else until the next deadline, capped by
     /// the caller's timeout (negative means none: upstream's select would block for ever there).
-    fn wait_time(&self, timeout: Option<f64>) -> Option<Duration> {
+    fn wait_time(&mut self, timeout: Option<f64>) -> Option<Duration> {
         if !self.ready.is_empty() {
             return Some(Duration::ZERO);
         }
+        self.drop_dead_heads();
         let user = timeout
             .filter(|t| *t >= 0.0)
             .and_then(|t| Duration::try_from_secs_f64(t).ok());
-        let next = self
-            .deadlines
-            .earliest()
-            .map(|at| Duration::from_nanos(at.saturating_sub(self.deadlines.now())));
+        // Rounded up to whole milliseconds: epoll waits in milliseconds anyway, and sleepers due
+        // within one millisecond then wake in one step instead of one step (and syscall) each.
+        let next = self.deadlines.earliest().map(|at| {
+            let ns = at.saturating_sub(self.deadlines.now());
+            Duration::from_millis(ns.div_ceil(1_000_000))
+        });
         match (user, next) {
             (Some(u), Some(n)) => Some(u.min(n)),
             (Some(u), None) => Some(u),
@@ -157,6 +160,17 @@ impl Sched {
             // Nothing can ever wake an unbounded wait without sources: return at once.
             (None, None) if !self.reactor.has_sources() => Some(Duration::ZERO),
             (None, None) => None,
+        }
+    }
+
+    /// Pops cancelled entries off the front of the heap, so that a removed sleeper or a
+    /// cancelled timeout does not hold the next wait short.
+    fn drop_dead_heads(&mut self) {
+        while let Some(e) = self.deadlines.peek() {
+            if self.is_live(&e) {
+                break;
+            }
+            self.deadlines.pop();
         }
     }
 

@@ -62,9 +62,17 @@ impl Deadlines {
         seq
     }
 
-    /// The earliest deadline, live or not (a dead one only costs an early wake-up).
+    /// The earliest deadline, live or not (see `Sched::drop_dead_heads`).
     pub fn earliest(&self) -> Option<u64> {
         self.heap.peek().map(|Reverse(e)| e.at)
+    }
+
+    pub fn peek(&self) -> Option<Entry> {
+        self.heap.peek().map(|Reverse(e)| *e)
+    }
+
+    pub fn pop(&mut self) {
+        self.heap.pop();
     }
 
     /// Removes and returns the earliest entry if it is due at `now`.
