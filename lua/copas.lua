@@ -215,10 +215,13 @@ function copas.addnamedthread(name, handler, ...)
     name, handler = handler, name   -- the old argument order
   end
   if name ~= nil and type(name) ~= "string" then argerror(1, "addnamedthread", "string", name) end
-  if not is_callable(handler) then argerror(2, "addnamedthread", "function", handler) end
   local co
   local n = select("#", ...)
-  if n == 0 then
+  if n == 0 and type(handler) == "function" then
+    co = coroutine.create(handler)
+  elseif not is_callable(handler) then
+    argerror(2, "addnamedthread", "function", handler)
+  elseif n == 0 then
     co = coroutine.create(function() return handler() end)
   else
     local args = { ... }
@@ -230,7 +233,9 @@ function copas.addnamedthread(name, handler, ...)
 end
 
 function copas.addthread(handler, ...)
-  if not is_callable(handler) then argerror(1, "addthread", "function", handler) end
+  if type(handler) ~= "function" and not is_callable(handler) then
+    argerror(1, "addthread", "function", handler)
+  end
   return copas.addnamedthread(nil, handler, ...)
 end
 

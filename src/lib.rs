@@ -4,6 +4,7 @@
 //! (a table of functions over shared state). `lua/copas.lua` makes one per load, so reloading
 //! copas gives a fresh instance, as upstream.
 
+mod raw;
 mod reactor;
 mod resume;
 mod scheduler;

@@ -14,6 +14,7 @@ use std::time::Duration;
 use mlua::{ffi, Function, Lua, LuaString, Table, Thread, Value};
 use slab::Slab;
 
+use crate::raw::SlotClearer;
 use crate::reactor::Reactor;
 use crate::resume::{resume, ErrorBox, Outcome};
 use crate::stats::Stats;
@@ -220,6 +221,7 @@ struct Keys {
 
 pub struct Core {
     sched: RefCell<Sched>,
+    clear_threads: SlotClearer,
     keys: Keys,
     store: Store,
     hooks: RefCell<Hooks>,
@@ -233,7 +235,9 @@ impl Core {
         weak_values.raw_set("__mode", "v")?;
         let forever = lua.create_table()?;
         forever.set_metatable(Some(weak_values))?;
+        let threads = lua.create_table()?;
         Ok(Core {
+            clear_threads: SlotClearer::new(lua, &threads)?,
             sched: RefCell::new(Sched {
                 tasks: Slab::new(),
                 ready: VecDeque::new(),
@@ -254,7 +258,7 @@ impl Core {
                 finished: lua.create_string("finished")?,
             },
             store: Store {
-                threads: lua.create_table()?,
+                threads,
                 forever,
                 timer_callbacks: lua.create_table()?,
                 timer_args: lua.create_table()?,
@@ -287,21 +291,30 @@ impl Core {
     /// Registers a new task, ready to run in the next resumable phase. `registered` tasks are the
     /// ones `removethread` can cancel (threads added with addthread, as upstream).
     pub fn spawn(&self, co: Thread, registered: bool) -> mlua::Result<i64> {
+        let (key, gen) = self.insert_task(co, registered, Wait::Ready)?;
+        self.sched.borrow_mut().ready.push_back((key, gen));
+        Ok(pack(key, gen))
+    }
+
+    /// Stores the coroutine first, so that a task never exists without its coroutine in
+    /// `Store::threads` (`discard` relies on it).
+    fn insert_task(&self, co: Thread, registered: bool, wait: Wait) -> mlua::Result<(usize, u32)> {
+        let key = self.sched.borrow().tasks.vacant_key();
+        let state = co.state();
+        self.store.threads.raw_set(key, co)?;
         let mut s = self.sched.borrow_mut();
         let gen = s.next_gen();
-        let key = s.tasks.insert(Task {
+        let inserted = s.tasks.insert(Task {
             gen,
             registered,
             canceled: false,
-            started: false,
-            wait: Wait::Ready,
+            started: wait == Wait::Running,
+            wait,
             since: 0,
-            state: co.state(),
+            state,
         });
-        s.ready.push_back((key, gen));
-        drop(s);
-        self.store.threads.raw_set(key, co)?;
-        Ok(pack(key, gen))
+        debug_assert_eq!(inserted, key);
+        Ok((key, gen))
     }
 
     /// `copas.wakeup`: a sleeping or forever-sleeping task becomes ready; anything else is left alone.
@@ -345,10 +358,8 @@ impl Core {
             t.wait,
             Wait::Sleeping(_) | Wait::SleepingUnbounded | Wait::Forever
         ) {
-            s.leave_wait(key);
-            s.tasks.remove(key);
             drop(s);
-            self.forget(key)?;
+            self.discard(key);
         }
         Ok(())
     }
@@ -360,9 +371,26 @@ impl Core {
         matches!(s.task(key, gen), Some(t) if !t.canceled)
     }
 
-    fn forget(&self, key: usize) -> mlua::Result<()> {
-        self.store.threads.raw_set(key, Value::Nil)?;
-        self.store.forever.raw_set(key, Value::Nil)
+    /// Removes a task and lets go of its coroutine. Only the table that holds it is touched:
+    /// LuaJIT inserts a key even when the value assigned through the C API is nil.
+    fn discard(&self, key: usize) {
+        let was_forever = {
+            let mut s = self.sched.borrow_mut();
+            let Some(t) = s.tasks.get(key) else {
+                return;
+            };
+            let forever = t.wait == Wait::Forever;
+            s.leave_wait(key);
+            s.tasks.remove(key);
+            forever
+        };
+        if was_forever {
+            let _ = self.store.forever.raw_set(key, Value::Nil);
+        } else {
+            // SAFETY: a task that is not sleeping forever always has its coroutine in
+            // `Store::threads` (see `insert_task`, `file_wait`, `wakeup`), a table without metatable.
+            unsafe { self.clear_threads.clear(key) };
+        }
     }
 
     /// `copas.timeout`: calls `callback(arg)` in the core timer coroutine after `delay` seconds.
@@ -464,17 +492,18 @@ impl Core {
     /// `copas.cancelall()`: every task but the running ones, every sleeper and every pending
     /// timeout is dropped; nothing of it runs again.
     pub fn cancel_all(&self) -> mlua::Result<()> {
-        let mut s = self.sched.borrow_mut();
-        let doomed: Vec<usize> = s
+        let doomed: Vec<usize> = self
+            .sched
+            .borrow()
             .tasks
             .iter()
             .filter(|(_, t)| t.wait != Wait::Running)
             .map(|(k, _)| k)
             .collect();
-        for &key in &doomed {
-            s.leave_wait(key);
-            s.tasks.remove(key);
+        for key in doomed {
+            self.discard(key);
         }
+        let mut s = self.sched.borrow_mut();
         let timers: Vec<usize> = s.timers.iter().map(|(k, _)| k).collect();
         s.timers.clear();
         s.ready.clear();
@@ -482,9 +511,6 @@ impl Core {
         s.sleeping = 0;
         s.forever = 0;
         drop(s);
-        for key in doomed {
-            self.forget(key)?;
-        }
         for key in timers {
             self.store.timer_callbacks.raw_set(key, Value::Nil)?;
             self.store.timer_args.raw_set(key, Value::Nil)?;
@@ -559,9 +585,8 @@ impl Core {
                 return;
             };
             if t.canceled {
-                s.tasks.remove(key);
                 drop(s);
-                let _ = self.forget(key);
+                self.discard(key);
                 return;
             }
             t.wait = Wait::Running;
@@ -597,7 +622,7 @@ impl Core {
                 if self.tracing() {
                     self.trace_task("exit", key, None);
                 }
-                self.end_task(key);
+                self.discard(key);
             }
             Outcome::Failed(err) => self.fail_task(key, err),
         }
@@ -605,7 +630,7 @@ impl Core {
 
     fn fail_task(&self, key: usize, err: Value) {
         let co = self.store.threads.raw_get::<Thread>(key);
-        self.end_task(key);
+        self.discard(key);
         if let Ok(co) = co {
             self.report(&co, err);
         }
@@ -620,9 +645,8 @@ impl Core {
         };
         t.since = now;
         if t.canceled {
-            s.tasks.remove(key);
             drop(s);
-            let _ = self.forget(key);
+            self.discard(key);
             return true;
         }
         match op {
@@ -647,21 +671,12 @@ impl Core {
                 drop(s);
                 let co: Value = self.store.threads.raw_get(key).unwrap_or(Value::Nil);
                 let _ = self.store.forever.raw_set(key, co);
-                let _ = self.store.threads.raw_set(key, Value::Nil);
+                // SAFETY: the task was running, so its coroutine is in `Store::threads`.
+                unsafe { self.clear_threads.clear(key) };
             }
             _ => return false,
         }
         true
-    }
-
-    fn end_task(&self, key: usize) {
-        let mut s = self.sched.borrow_mut();
-        if s.tasks.contains(key) {
-            s.leave_wait(key);
-            s.tasks.remove(key);
-        }
-        drop(s);
-        let _ = self.forget(key);
     }
 
     /// Runs one due `copas.timeout` callback inside the core timer coroutine.
@@ -710,24 +725,9 @@ impl Core {
     }
 
     fn adopt(&self, lua: &Lua, co: Thread, outcome: Outcome) {
-        let key = {
-            let mut s = self.sched.borrow_mut();
-            let gen = s.next_gen();
-            s.tasks.insert(Task {
-                gen,
-                registered: false,
-                canceled: false,
-                started: true,
-                wait: Wait::Running,
-                since: 0,
-                state: co.state(),
-            })
-        };
-        if self.store.threads.raw_set(key, co).is_err() {
-            self.sched.borrow_mut().tasks.remove(key);
-            return;
+        if let Ok((key, _)) = self.insert_task(co, false, Wait::Running) {
+            self.settle(lua, key, outcome);
         }
-        self.settle(lua, key, outcome);
     }
 
     /// Hands a task's error to the shim's error dispatch. A failing dispatch must not stop the
