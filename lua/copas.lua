@@ -149,6 +149,11 @@ end
 -------------------------------------------------------------------------------
 
 local errhandlers = setmetatable({}, { __mode = "k" })
+-- While debug logging runs: the threads created since it started, the only ones whose exit
+-- upstream logs (its logging coroutine.create made them).
+local traced_exits
+-- Task ids by coroutine, for wakeup/removethread; weak, so finished threads are collectable.
+local task_ids = setmetatable({}, { __mode = "k" })
 
 function copas.gettraceback(msg, co, skt)
   local co_str = co == nil and "nil" or copas.getthreadname(co)
@@ -180,7 +185,10 @@ function copas.seterrorhandler(handler, default)
     end
     default_errorhandler = handler
   else
-    errhandlers[running()] = handler
+    local co = running()
+    errhandlers[co] = handler
+    local id = task_ids[co]
+    if id then sched.watch_exit(id) end   -- forget the handler when the thread ends
   end
 end
 copas.setErrorHandler = copas.seterrorhandler
@@ -201,14 +209,12 @@ local function dispatch_error(err, co)
   end
 end
 sched.set_error_hook(dispatch_error)
+sched.set_exit_hook(function(co) errhandlers[co] = nil end)
 
 
 -------------------------------------------------------------------------------
 -- Threads
 -------------------------------------------------------------------------------
-
--- Task ids by coroutine, for wakeup/removethread; weak, so finished threads are collectable.
-local task_ids = setmetatable({}, { __mode = "k" })
 
 function copas.addnamedthread(name, handler, ...)
   if type(name) == "function" and type(handler) == "string" then
@@ -228,6 +234,7 @@ function copas.addnamedthread(name, handler, ...)
     co = coroutine.create(function() return handler(unpack(args, 1, n)) end)
   end
   if name ~= nil then names[co] = name end
+  if traced_exits then traced_exits[co] = true end
   task_ids[co] = sched.spawn(co, true)
   return co
 end
@@ -275,7 +282,8 @@ end
 -- copas.timeout: one timer per coroutine, run in the core timer coroutine
 -------------------------------------------------------------------------------
 
-local timeout_ids = setmetatable({}, { __mode = "k" })
+local timeout_ids = setmetatable({}, { __mode = "k" })   -- coroutine -> its timer id
+local timer_callbacks, timer_args = {}, {}                -- timer id -> callback, coroutine
 local core_timer
 
 local function timer_callback_failed(err)
@@ -286,27 +294,39 @@ local function timer_callback_failed(err)
   return err
 end
 
+local function run_timer(id)
+  local callback, co = timer_callbacks[id], timer_args[id]
+  timer_callbacks[id], timer_args[id] = nil, nil
+  if co ~= nil and timeout_ids[co] == id then timeout_ids[co] = nil end
+  if callback ~= nil then
+    xpcall(function() return callback(co) end, timer_callback_failed)
+  end
+end
+
+-- The core resumes this coroutine with the id of each timer that expires.
 local function core_timer_body()
   while true do
-    local callback, co = sched.fired()
-    if callback ~= nil then
-      xpcall(function() return callback(co) end, timer_callback_failed)
-    end
-    yield(TOKEN, OP_TIMER_DONE)
+    run_timer(yield(TOKEN, OP_TIMER_DONE))
   end
 end
 
 sched.set_core_timer_factory(function()
   core_timer = coroutine.create(core_timer_body)
   names[core_timer] = "copas_core_timer"
+  coroutine.resume(core_timer)   -- runs up to its first wait for a timer id
   return core_timer
 end)
+
+local function cancel_timer(id)
+  sched.cancel_timer(id)
+  timer_callbacks[id], timer_args[id] = nil, nil
+end
 
 function copas.timeout(delay, callback)
   local co = running()
   local existing = co ~= nil and timeout_ids[co]
   if existing then
-    sched.cancel_timer(existing)
+    cancel_timer(existing)
     timeout_ids[co] = nil
   end
   if type(delay) ~= "number" then argerror(1, "timeout", "number", delay) end
@@ -315,7 +335,10 @@ function copas.timeout(delay, callback)
       if callback == nil then error("the callback parameter is required", 2) end
       argerror(2, "timeout", "function", callback)
     end
-    timeout_ids[co] = sched.add_timer(delay, callback, co)
+    if co == nil then error("table index is nil", 2) end   -- upstream on 5.1/LuaJIT's main thread
+    local id = sched.add_timer(delay)
+    timeout_ids[co] = id
+    timer_callbacks[id], timer_args[id] = callback, co
   elseif delay ~= 0 and delay ~= huge then
     error(("timout value must be greater than or equal to 0, got: %s"):format(tostring(delay)), 2)
   end
@@ -406,6 +429,7 @@ end
 
 function copas.cancelall()
   sched.cancel_all()
+  timer_callbacks, timer_args = {}, {}
   copas.exit()
 end
 
@@ -436,6 +460,12 @@ end
 
 copas.debug = {}
 
+-- The yielded value as upstream logs it: pause(0) shows 0, not 0.0.
+local function as_logged(seconds)
+  if seconds and math.tointeger then return math.tointeger(seconds) or seconds end
+  return seconds or 0
+end
+
 local function trace_line(logger, with_core)
   return function(event, co, op, seconds)
     local name = copas.getthreadname(co)
@@ -443,9 +473,9 @@ local function trace_line(logger, with_core)
     if event == "resume" then
       logger("resuming '", name, "'")
     elseif event == "exit" then
-      logger("exiting '", name, "'")
+      if traced_exits and traced_exits[co] then logger("exiting '", name, "'") end
     elseif op == OP_PAUSE then
-      logger("yielding '", name, "' to SLEEP for ", seconds or 0, " seconds")
+      logger("yielding '", name, "' to SLEEP for ", as_logged(seconds), " seconds")
     elseif op == OP_FOREVER then
       logger("yielding '", name, "' to SLEEP for ", -1, " seconds")
     end
@@ -453,10 +483,12 @@ local function trace_line(logger, with_core)
 end
 
 function copas.debug.start(logger, core_timer_too)
+  traced_exits = traced_exits or setmetatable({}, { __mode = "k" })
   sched.set_tracer(trace_line(logger or print, core_timer_too))
 end
 
 function copas.debug.stop()
+  traced_exits = nil
   sched.set_tracer(nil)
 end
 

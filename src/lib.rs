@@ -14,7 +14,7 @@ mod timers;
 use std::os::raw::c_void;
 use std::rc::Rc;
 
-use mlua::{Function, LightUserData, Lua, Table, Thread, Value};
+use mlua::{Function, LightUserData, Lua, Table, Thread};
 
 use scheduler::{Core, OP_FOREVER, OP_PAUSE, OP_TIMER_DONE};
 
@@ -81,16 +81,27 @@ fn new_instance(lua: &Lua) -> mlua::Result<Table> {
     )?;
     add(lua, &t, &core, "finished", |_, c, ()| Ok(c.finished()))?;
     add(lua, &t, &core, "counts", |_, c, ()| Ok(c.counts()))?;
+    add(lua, &t, &core, "add_timer", |_, c, delay: f64| {
+        c.add_timer(delay)
+    })?;
+    add(lua, &t, &core, "cancel_timer", |_, c, id: i64| {
+        c.cancel_timer(id);
+        Ok(())
+    })?;
+    add(lua, &t, &core, "watch_exit", |_, c, id: i64| {
+        c.watch_exit(id);
+        Ok(())
+    })?;
     add(
         lua,
         &t,
         &core,
-        "add_timer",
-        |_, c, (delay, cb, arg): (f64, Value, Value)| c.add_timer(delay, cb, arg),
+        "set_exit_hook",
+        |_, c, f: Option<Function>| {
+            c.set_exit_hook(f);
+            Ok(())
+        },
     )?;
-    add(lua, &t, &core, "cancel_timer", |_, c, id: i64| {
-        c.cancel_timer(id)
-    })?;
     add(
         lua,
         &t,
@@ -98,7 +109,6 @@ fn new_instance(lua: &Lua) -> mlua::Result<Table> {
         "timer_count",
         |_, c, ()| Ok(c.timer_count()),
     )?;
-    add(lua, &t, &core, "fired", |_, c, ()| c.fired())?;
     add(lua, &t, &core, "cancel_all", |_, c, ()| c.cancel_all())?;
     add(
         lua,

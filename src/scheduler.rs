@@ -29,17 +29,22 @@ const FOREIGN_YIELD: &str =
     "coroutine.yield was called without a resume first, user-code cannot yield to Copas";
 
 /// Ids handed to Lua pack a slab key with a generation, so a stale id never hits a reused slot.
-/// Both halves stay below 2^53 so the id survives as a Lua 5.1 double.
-const KEY_BITS: u32 = 32;
-const GEN_MASK: u32 = (1 << 20) - 1;
+/// Together they stay below 2^53, so an id survives as a Lua 5.1 double.
+const KEY_BITS: u32 = 24;
+const GEN_MASK: u32 = (1 << 29) - 1;
 
-fn pack(key: usize, gen: u32) -> i64 {
-    ((gen as i64) << KEY_BITS) | key as i64
+fn pack(key: usize, gen: u32) -> mlua::Result<i64> {
+    if key >= 1 << KEY_BITS {
+        return Err(mlua::Error::runtime(
+            "copas: too many threads or timers at once",
+        ));
+    }
+    Ok(((gen as i64) << KEY_BITS) | key as i64)
 }
 
 fn unpack(id: i64) -> (usize, u32) {
     (
-        (id & 0xFFFF_FFFF) as usize,
+        (id & ((1 << KEY_BITS) - 1)) as usize,
         ((id >> KEY_BITS) as u32) & GEN_MASK,
     )
 }
@@ -61,6 +66,8 @@ struct Task {
     registered: bool,
     canceled: bool,
     started: bool,
+    /// Call the exit hook when the task ends (set by the shim: error handler, autoclose).
+    notify_exit: bool,
     wait: Wait,
     /// Monotonic time of the last yield, to report the elapsed wait on resume.
     since: u64,
@@ -85,7 +92,6 @@ struct Sched {
     sleeping: usize,
     forever: usize,
     forever_at_sweep: usize,
-    firing: Option<usize>,
     /// The clock read once per step; yields and resumes within the step use it.
     step_now: u64,
     reactor: Reactor,
@@ -197,12 +203,11 @@ impl Sched {
 struct Store {
     threads: Table,
     forever: Table,
-    timer_callbacks: Table,
-    timer_args: Table,
 }
 
 struct Hooks {
     on_error: Option<Function>,
+    on_exit: Option<Function>,
     tracer: Option<Function>,
     core_timer_factory: Option<Function>,
     core_timer: Option<Thread>,
@@ -248,7 +253,6 @@ impl Core {
                 sleeping: 0,
                 forever: 0,
                 forever_at_sweep: 0,
-                firing: None,
                 step_now: 0,
                 reactor: Reactor::new(),
                 stats: Stats::default(),
@@ -257,14 +261,10 @@ impl Core {
                 step: lua.create_string("step")?,
                 finished: lua.create_string("finished")?,
             },
-            store: Store {
-                threads,
-                forever,
-                timer_callbacks: lua.create_table()?,
-                timer_args: lua.create_table()?,
-            },
+            store: Store { threads, forever },
             hooks: RefCell::new(Hooks {
                 on_error: None,
+                on_exit: None,
                 tracer: None,
                 core_timer_factory: None,
                 core_timer: None,
@@ -276,6 +276,10 @@ impl Core {
 
     pub fn set_error_hook(&self, f: Option<Function>) {
         self.hooks.borrow_mut().on_error = f;
+    }
+
+    pub fn set_exit_hook(&self, f: Option<Function>) {
+        self.hooks.borrow_mut().on_exit = f;
     }
 
     pub fn set_tracer(&self, f: Option<Function>) {
@@ -292,8 +296,13 @@ impl Core {
     /// ones `removethread` can cancel (threads added with addthread, as upstream).
     pub fn spawn(&self, co: Thread, registered: bool) -> mlua::Result<i64> {
         let (key, gen) = self.insert_task(co, registered, Wait::Ready)?;
-        self.sched.borrow_mut().ready.push_back((key, gen));
-        Ok(pack(key, gen))
+        let id = pack(key, gen);
+        if id.is_err() {
+            self.discard(key);
+        } else {
+            self.sched.borrow_mut().ready.push_back((key, gen));
+        }
+        id
     }
 
     /// Stores the coroutine first, so that a task never exists without its coroutine in
@@ -309,6 +318,7 @@ impl Core {
             registered,
             canceled: false,
             started: wait == Wait::Running,
+            notify_exit: false,
             wait,
             since: 0,
             state,
@@ -393,8 +403,9 @@ impl Core {
         }
     }
 
-    /// `copas.timeout`: calls `callback(arg)` in the core timer coroutine after `delay` seconds.
-    pub fn add_timer(&self, delay: f64, callback: Value, arg: Value) -> mlua::Result<i64> {
+    /// Arms a timer of `delay` seconds and returns its id; on expiry the core timer coroutine is
+    /// resumed with that id (the shim keeps the callbacks). 0 for an infinite delay.
+    pub fn add_timer(&self, delay: f64) -> mlua::Result<i64> {
         let mut s = self.sched.borrow_mut();
         let Some(at) = s.deadlines.deadline_after(delay) else {
             return Ok(0);
@@ -404,38 +415,23 @@ impl Core {
         let seq = s.deadlines.push(at, Target::Timer(key));
         s.timers[key].seq = seq;
         s.compact();
-        drop(s);
-        self.store.timer_callbacks.raw_set(key, callback)?;
-        self.store.timer_args.raw_set(key, arg)?;
-        Ok(pack(key, gen))
+        let id = pack(key, gen);
+        if id.is_err() {
+            s.timers.remove(key);
+        }
+        id
     }
 
-    pub fn cancel_timer(&self, id: i64) -> mlua::Result<()> {
+    pub fn cancel_timer(&self, id: i64) {
         let (key, gen) = unpack(id);
         let mut s = self.sched.borrow_mut();
         if matches!(s.timers.get(key), Some(t) if t.gen == gen) {
             s.timers.remove(key);
-            drop(s);
-            self.store.timer_callbacks.raw_set(key, Value::Nil)?;
-            self.store.timer_args.raw_set(key, Value::Nil)?;
         }
-        Ok(())
     }
 
     pub fn timer_count(&self) -> usize {
         self.sched.borrow().timers.len()
-    }
-
-    /// Called by the core timer coroutine: the callback and argument of the timer being fired.
-    pub fn fired(&self) -> mlua::Result<(Value, Value)> {
-        let Some(key) = self.sched.borrow_mut().firing.take() else {
-            return Ok((Value::Nil, Value::Nil));
-        };
-        let cb = self.store.timer_callbacks.raw_get(key)?;
-        let arg = self.store.timer_args.raw_get(key)?;
-        self.store.timer_callbacks.raw_set(key, Value::Nil)?;
-        self.store.timer_args.raw_set(key, Value::Nil)?;
-        Ok((cb, arg))
     }
 
     /// (ready, sleeping, forever, timers): the counts behind `copas.status()`.
@@ -504,17 +500,11 @@ impl Core {
             self.discard(key);
         }
         let mut s = self.sched.borrow_mut();
-        let timers: Vec<usize> = s.timers.iter().map(|(k, _)| k).collect();
         s.timers.clear();
         s.ready.clear();
         s.deadlines.clear();
         s.sleeping = 0;
         s.forever = 0;
-        drop(s);
-        for key in timers {
-            self.store.timer_callbacks.raw_set(key, Value::Nil)?;
-            self.store.timer_args.raw_set(key, Value::Nil)?;
-        }
         Ok(())
     }
 
@@ -609,30 +599,50 @@ impl Core {
     fn settle(&self, lua: &Lua, key: usize, outcome: Outcome) {
         match outcome {
             Outcome::Wait { op, arg } => {
-                if self.file_wait(key, op, arg) {
-                    if self.tracing() {
-                        self.trace_task("yield", key, Some((op, arg)));
-                    }
-                } else {
-                    self.fail_task(key, foreign_yield_error(lua));
+                if self.tracing() {
+                    self.trace_task("yield", key, Some((op, arg)));
+                }
+                if !self.file_wait(key, op, arg) {
+                    self.end_task(key, Some(foreign_yield_error(lua)));
                 }
             }
-            Outcome::ForeignYield => self.fail_task(key, foreign_yield_error(lua)),
+            Outcome::ForeignYield => self.end_task(key, Some(foreign_yield_error(lua))),
             Outcome::Finished => {
                 if self.tracing() {
                     self.trace_task("exit", key, None);
                 }
-                self.discard(key);
+                self.end_task(key, None);
             }
-            Outcome::Failed(err) => self.fail_task(key, err),
+            Outcome::Failed(err) => self.end_task(key, Some(err)),
         }
     }
 
-    fn fail_task(&self, key: usize, err: Value) {
+    /// A task ended, normally or with `error`: report the error, run the exit hook if asked
+    /// for, and let go of the coroutine.
+    fn end_task(&self, key: usize, error: Option<Value>) {
+        let notify = matches!(self.sched.borrow().tasks.get(key), Some(t) if t.notify_exit);
+        if error.is_none() && !notify {
+            self.discard(key);
+            return;
+        }
         let co = self.store.threads.raw_get::<Thread>(key);
         self.discard(key);
-        if let Ok(co) = co {
-            self.report(&co, err);
+        let Ok(co) = co else {
+            return;
+        };
+        if let Some(err) = error {
+            self.call_hook(|h| h.on_error.clone(), (err, co.clone()));
+        }
+        if notify {
+            self.call_hook(|h| h.on_exit.clone(), co);
+        }
+    }
+
+    /// `notify_exit` for the task: the exit hook runs when it ends.
+    pub fn watch_exit(&self, id: i64) {
+        let (key, gen) = unpack(id);
+        if let Some(t) = self.sched.borrow_mut().task(key, gen) {
+            t.notify_exit = true;
         }
     }
 
@@ -688,17 +698,26 @@ impl Core {
                 return;
             }
             s.timers.remove(key);
-            s.firing = Some(key);
         }
         let Some(timer_co) = self.core_timer() else {
-            let _ = self.fired();
+            return;
+        };
+        let Ok(id) = pack(key, gen) else {
             return;
         };
         if self.tracing() {
             self.trace("resume", &timer_co, None);
         }
         // SAFETY: `timer_co` is a live Thread handle for the duration of the call.
-        match unsafe { resume(lua, timer_co.state(), self.token, Some(0.0), &self.errors) } {
+        match unsafe {
+            resume(
+                lua,
+                timer_co.state(),
+                self.token,
+                Some(id as f64),
+                &self.errors,
+            )
+        } {
             Outcome::Wait {
                 op: OP_TIMER_DONE, ..
             } => {}
@@ -709,7 +728,6 @@ impl Core {
                 self.adopt(lua, timer_co, other);
             }
         }
-        self.sched.borrow_mut().firing = None;
     }
 
     fn core_timer(&self) -> Option<Thread> {
@@ -730,13 +748,15 @@ impl Core {
         }
     }
 
-    /// Hands a task's error to the shim's error dispatch. A failing dispatch must not stop the
-    /// loop, so its own error is only written to stderr.
-    fn report(&self, co: &Thread, err: Value) {
-        let hook = self.hooks.borrow().on_error.clone();
+    /// Calls a shim hook. A failing hook (an error handler whose own reporting fails) must
+    /// not stop the loop, so its error only goes to stderr.
+    fn call_hook(&self, pick: impl Fn(&Hooks) -> Option<Function>, args: impl mlua::IntoLuaMulti) {
+        let hook = pick(&self.hooks.borrow());
         if let Some(hook) = hook {
-            if let Err(e) = hook.call::<()>((err, co.clone())) {
-                eprintln!("copas: error handler dispatch failed: {e}");
+            if let Err(e) = hook.call::<()>(args) {
+                let text = e.to_string();
+                let first = text.lines().next().unwrap_or_default();
+                eprintln!("copas: error while reporting a thread's error: {first}");
             }
         }
     }
