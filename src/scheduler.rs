@@ -1,10 +1,11 @@
 //! Tasks, the ready queue, the resume loop: `step`, `finished`, wake-ups, removal and the
 //! `copas.timeout` timers that run inside the core timer coroutine.
 //!
-//! Rust holds only slab keys; the coroutines themselves live in Lua tables indexed by key
-//! (`threads`, or `forever` — a weak table — while a task sleeps until woken, so that an
-//! abandoned sleeper can be collected). No `RefCell` borrow is held across a resume: the
-//! coroutine calls back into this module.
+//! Rust holds only slab keys; the coroutines themselves live in Lua tables indexed by key:
+//! `threads` (strong), or `forever` (weak values) for a task that has slept until woken for
+//! more than a second or when the loop finishes, so that an abandoned sleeper can be collected
+//! (upstream keeps them in a weak set). Short lock and semaphore waits never move. No `RefCell`
+//! borrow is held across a resume: the coroutine calls back into this module.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -57,8 +58,11 @@ enum Wait {
     Sleeping(u64),
     /// `pause(math.huge)`: asleep for ever, and it keeps the loop alive (upstream quirk).
     SleepingUnbounded,
-    /// `pauseforever()`: until woken; does not keep the loop alive by itself.
-    Forever,
+    /// `pauseforever()`: until woken; does not keep the loop alive by itself. `weak` once the
+    /// coroutine was moved to `Store::forever`.
+    Forever {
+        weak: bool,
+    },
 }
 
 struct Task {
@@ -92,6 +96,8 @@ struct Sched {
     sleeping: usize,
     forever: usize,
     forever_at_sweep: usize,
+    /// `step_now` of the last pass that moved long forever-sleepers to the weak table.
+    last_demotion: u64,
     /// The clock read once per step; yields and resumes within the step use it.
     step_now: u64,
     reactor: Reactor,
@@ -115,7 +121,7 @@ impl Sched {
         };
         match t.wait {
             Wait::Sleeping(_) | Wait::SleepingUnbounded => self.sleeping -= 1,
-            Wait::Forever => self.forever -= 1,
+            Wait::Forever { .. } => self.forever -= 1,
             _ => {}
         }
         t.wait = Wait::Running;
@@ -253,6 +259,7 @@ impl Core {
                 sleeping: 0,
                 forever: 0,
                 forever_at_sweep: 0,
+                last_demotion: 0,
                 step_now: 0,
                 reactor: Reactor::new(),
                 stats: Stats::default(),
@@ -336,7 +343,8 @@ impl Core {
         };
         match t.wait {
             Wait::Sleeping(_) | Wait::SleepingUnbounded => s.make_ready(key),
-            Wait::Forever => {
+            Wait::Forever { weak: false } => s.make_ready(key),
+            Wait::Forever { weak: true } => {
                 let co: Value = self.store.forever.raw_get(key)?;
                 if co.is_nil() {
                     // Collected while asleep: nothing is left to wake.
@@ -366,7 +374,7 @@ impl Core {
         }
         if matches!(
             t.wait,
-            Wait::Sleeping(_) | Wait::SleepingUnbounded | Wait::Forever
+            Wait::Sleeping(_) | Wait::SleepingUnbounded | Wait::Forever { .. }
         ) {
             drop(s);
             self.discard(key);
@@ -389,7 +397,7 @@ impl Core {
             let Some(t) = s.tasks.get(key) else {
                 return;
             };
-            let forever = t.wait == Wait::Forever;
+            let forever = t.wait == Wait::Forever { weak: true };
             s.leave_wait(key);
             s.tasks.remove(key);
             forever
@@ -397,8 +405,8 @@ impl Core {
         if was_forever {
             let _ = self.store.forever.raw_set(key, Value::Nil);
         } else {
-            // SAFETY: a task that is not sleeping forever always has its coroutine in
-            // `Store::threads` (see `insert_task`, `file_wait`, `wakeup`), a table without metatable.
+            // SAFETY: a task not moved to the weak table always has its coroutine in
+            // `Store::threads` (see `insert_task`, `demote`, `wakeup`), a table without metatable.
             unsafe { self.clear_threads.clear(key) };
         }
     }
@@ -451,7 +459,7 @@ impl Core {
         let asleep: Vec<usize> = s
             .tasks
             .iter()
-            .filter(|(_, t)| t.wait == Wait::Forever)
+            .filter(|(_, t)| t.wait == Wait::Forever { weak: true })
             .map(|(k, _)| k)
             .collect();
         for key in asleep {
@@ -463,9 +471,53 @@ impl Core {
         s.forever_at_sweep = s.forever;
     }
 
+    /// Moves forever-sleepers from the strong to the weak table: all of them, or those asleep
+    /// for more than a second (checked at most once a second).
+    fn demote(&self, all: bool) {
+        const SECOND: u64 = 1_000_000_000;
+        let keys: Vec<usize> = {
+            let mut s = self.sched.borrow_mut();
+            let now = s.step_now;
+            if !all && now.saturating_sub(s.last_demotion) < SECOND {
+                return;
+            }
+            s.last_demotion = now;
+            s.tasks
+                .iter()
+                .filter(|(_, t)| {
+                    t.wait == Wait::Forever { weak: false }
+                        && (all || now.saturating_sub(t.since) >= SECOND)
+                })
+                .map(|(k, _)| k)
+                .collect()
+        };
+        for key in keys {
+            let Ok(co) = self.store.threads.raw_get::<Value>(key) else {
+                continue;
+            };
+            if self.store.forever.raw_set(key, co).is_err() {
+                continue;
+            }
+            // SAFETY: a strong forever-sleeper's coroutine is in `Store::threads`.
+            unsafe { self.clear_threads.clear(key) };
+            if let Some(t) = self.sched.borrow_mut().tasks.get_mut(key) {
+                t.wait = Wait::Forever { weak: true };
+            }
+        }
+    }
+
     /// `copas.finished()`: nothing ready, asleep or registered, and no forever-sleeper that a
-    /// pending timeout could still wake.
+    /// pending timeout could still wake. When finished, the forever-sleepers left are abandoned
+    /// unless someone wakes them: they go to the weak table, to be collected if nobody can.
     pub fn finished(&self) -> bool {
+        let done = self.is_finished();
+        if done && self.sched.borrow().forever > 0 {
+            self.demote(true);
+        }
+        done
+    }
+
+    fn is_finished(&self) -> bool {
         let s = self.sched.borrow();
         s.ready.is_empty()
             && s.sleeping == 0
@@ -526,7 +578,10 @@ impl Core {
         }
         batch.clear();
         self.sched.borrow_mut().spare = batch;
-        self.sweep_collected_forever(false);
+        if self.sched.borrow().forever > 0 {
+            self.demote(false);
+            self.sweep_collected_forever(false);
+        }
         Ok(events > 0)
     }
 
@@ -676,13 +731,8 @@ impl Core {
                 },
             },
             OP_FOREVER => {
-                s.tasks[key].wait = Wait::Forever;
+                s.tasks[key].wait = Wait::Forever { weak: false };
                 s.forever += 1;
-                drop(s);
-                let co: Value = self.store.threads.raw_get(key).unwrap_or(Value::Nil);
-                let _ = self.store.forever.raw_set(key, co);
-                // SAFETY: the task was running, so its coroutine is in `Store::threads`.
-                unsafe { self.clear_threads.clear(key) };
             }
             _ => return false,
         }
