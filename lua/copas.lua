@@ -63,13 +63,8 @@ copas.gettime = socket and socket.gettime or system and system.gettime or core.g
 -- Argument checks in Lua's own words
 -------------------------------------------------------------------------------
 
-local function typename(v)
-  if v ~= v then return "nan" end
-  return type(v)
-end
-
 local function argerror(n, fname, expected, got)
-  error(("bad argument #%d to '%s' (%s expected, got %s)"):format(n, fname, expected, typename(got)), 3)
+  error(("bad argument #%d to '%s' (%s expected, got %s)"):format(n, fname, expected, type(got)), 3)
 end
 
 local function is_callable(f)
@@ -253,8 +248,9 @@ function copas.removethread(co)
 end
 
 function copas.pause(sleeptime)
-  check_optional_number(sleeptime, 1, "pause")
-  return yield(TOKEN, OP_PAUSE, sleeptime)
+  -- false counts as nil, as upstream's `if sleeptime and sleeptime > 0`
+  if sleeptime and type(sleeptime) ~= "number" then argerror(1, "pause", "number", sleeptime) end
+  return yield(TOKEN, OP_PAUSE, sleeptime or nil)
 end
 
 function copas.pauseforever()

@@ -168,11 +168,12 @@ impl Sched {
         });
         match (user, next) {
             (Some(u), Some(n)) => Some(u.min(n)),
-            (Some(u), None) => Some(u),
             (None, Some(n)) => Some(n),
-            // Nothing can ever wake an unbounded wait without sources: return at once.
-            (None, None) if !self.reactor.has_sources() => Some(Duration::ZERO),
-            (None, None) => None,
+            // With no deadline and no socket nothing can end the wait early, and nothing can
+            // happen during it: return at once (loop(timeout) would otherwise sit out its
+            // timeout on the way out, where upstream waits one 0.1 s tick).
+            (_, None) if !self.reactor.has_sources() => Some(Duration::ZERO),
+            (u, None) => u,
         }
     }
 
