@@ -28,6 +28,8 @@ fn token() -> *mut c_void {
 #[mlua::lua_module(name = "copas_core")]
 fn copas_core(lua: &Lua) -> mlua::Result<Table> {
     let module = lua.create_table()?;
+    // The runtime this build is for (set by build.rs), to tell builds apart when debugging paths.
+    module.set("RUNTIME", env!("COPAS_LUA_RUNTIME"))?;
     module.set("TOKEN", LightUserData(token()))?;
     module.set("OP_PAUSE", OP_PAUSE)?;
     module.set("OP_FOREVER", OP_FOREVER)?;

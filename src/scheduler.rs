@@ -220,6 +220,14 @@ struct Hooks {
     core_timer: Option<Thread>,
 }
 
+/// Runs one task's turn so that a bug of the core (a panic) costs at most that task, never the
+/// loop or the interpreter. The panic message has already gone to stderr through the hook.
+fn guarded(turn: impl FnOnce()) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(turn)).is_err() {
+        eprintln!("copas: internal error in the scheduler; the loop goes on");
+    }
+}
+
 fn foreign_yield_error(lua: &Lua) -> Value {
     lua.create_string(FOREIGN_YIELD)
         .map_or(Value::Nil, Value::String)
@@ -567,7 +575,7 @@ impl Core {
         let events = self.wait(timeout)?;
         let due_timers = self.sched.borrow_mut().expire();
         for (key, gen) in due_timers {
-            self.fire_timer(lua, key, gen);
+            guarded(|| self.fire_timer(lua, key, gen));
         }
         let mut batch = {
             let mut s = self.sched.borrow_mut();
@@ -575,7 +583,7 @@ impl Core {
             std::mem::replace(&mut s.ready, spare)
         };
         for &(key, gen) in &batch {
-            self.run_task(lua, key, gen);
+            guarded(|| self.run_task(lua, key, gen));
         }
         batch.clear();
         self.sched.borrow_mut().spare = batch;

@@ -1,0 +1,107 @@
+# copas-rs: one build of the Rust core per Lua runtime, assembled into a ready tree per runtime.
+#
+#   make build [LUA=5.4]     build one runtime (5.1 5.2 5.3 5.4 jit), or all five without LUA
+#   make demo  [LUA=5.4]     install missing packages, build, run examples/demo.lua (Lua 5.4)
+#   make test                everything CI runs: deps, builds, fmt, clippy, busted x5, luarocks
+#   make conformance UPSTREAM=/path/to/copas   upstream's socket-free tests against our build
+#   make bench UPSTREAM=/path/to/copas         bench/run, side by side with upstream
+#   make clean
+#
+# After `make build LUA=5.4` a program needs only
+#   LUA_PATH="build/lua5.4/?.lua;build/lua5.4/?/init.lua;;" LUA_CPATH="build/lua5.4/?.so;;"
+# (`make env LUA=5.4` prints these lines with absolute paths, ready for eval).
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := build
+
+ALL_LUA := 5.1 5.2 5.3 5.4 jit
+LUA ?=
+UPSTREAM ?=
+CARGO ?= cargo
+# cargo from rustup lives in ~/.cargo/bin, which a non-login shell (CI, sudo, luarocks) may lack.
+export PATH := $(PATH):$(HOME)/.cargo/bin
+
+# Helpers: $(call feature,5.4) = lua54, $(call feature,jit) = luajit;
+# $(call tree,5.4) = build/lua5.4, $(call tree,jit) = build/luajit;
+# $(call interp,5.4) = lua5.4, $(call interp,jit) = luajit.
+feature = $(if $(filter jit,$(1)),luajit,lua$(subst .,,$(1)))
+interp  = $(if $(filter jit,$(1)),luajit,lua$(1))
+tree    = build/$(call interp,$(1))
+
+LUAS := $(or $(LUA),$(ALL_LUA))
+BAD_LUA := $(filter-out $(ALL_LUA),$(LUAS))
+ifneq ($(BAD_LUA),)
+$(error LUA=$(BAD_LUA) is not one of: $(ALL_LUA))
+endif
+
+DEMO_LUA := $(or $(LUA),5.4)
+
+.PHONY: all build $(addprefix build-,$(ALL_LUA)) demo test deps conformance bench env clean \
+	fmt clippy check-cargo
+
+all: build
+
+build: $(addprefix build-,$(LUAS))
+
+# Cargo decides itself what is up to date, so these always ask it; copying the tree is cheap.
+# The tree is assembled in a private directory and renamed into place, so that two builds
+# running at once (or a program using the tree) never see a half-copied tree.
+$(addprefix build-,$(ALL_LUA)): build-%: check-cargo
+	$(CARGO) build --release --features $(call feature,$*) --target-dir target/$(call feature,$*)
+	@test -f lua/copas.lua || { echo "lua/copas.lua is missing" >&2; exit 1; }
+	@set -e; mkdir -p build; tmp=$$(mktemp -d build/.$(call interp,$*).XXXXXX); \
+	mkdir -p $$tmp/copas; \
+	cp lua/copas.lua $$tmp/; \
+	for f in lua/copas/*.lua; do if [ -e "$$f" ]; then cp "$$f" $$tmp/copas/; fi; done; \
+	cp target/$(call feature,$*)/release/libcopas_core.so $$tmp/copas/core.so; \
+	chmod 755 $$tmp; \
+	old=$$(mktemp -d build/.old.XXXXXX); \
+	if [ -e $(call tree,$*) ]; then mv $(call tree,$*) $$old/; fi; \
+	mv $$tmp $(call tree,$*); rm -rf $$old
+	@echo "ready: $(call tree,$*)/ (run with $(call interp,$*); see 'make env LUA=$*')"
+
+check-cargo:
+	@scripts/check-rust.sh
+
+# Prints the environment a program needs to use one tree: eval "$(make -s env LUA=5.4)"
+env:
+	@d="$(CURDIR)/$(call tree,$(DEMO_LUA))"; \
+	echo "export LUA_PATH=\"$$d/?.lua;$$d/?/init.lua;;\""; \
+	echo "export LUA_CPATH=\"$$d/?.so;;\""
+
+# LUA_PATH_5_x (even empty) would take precedence over LUA_PATH: unset them.
+UNSET_VERSIONED := -u LUA_PATH_5_2 -u LUA_PATH_5_3 -u LUA_PATH_5_4 -u LUA_CPATH_5_2 -u LUA_CPATH_5_3 -u LUA_CPATH_5_4
+
+demo: deps
+	@$(MAKE) --no-print-directory build-$(DEMO_LUA)
+	env $(UNSET_VERSIONED) \
+	  LUA_PATH="$(call tree,$(DEMO_LUA))/?.lua;$(call tree,$(DEMO_LUA))/?/init.lua;;" \
+	  LUA_CPATH="$(call tree,$(DEMO_LUA))/?.so;;" \
+	  $(call interp,$(DEMO_LUA)) examples/demo.lua
+
+# The whole CI run (what .ci/run calls). It installs missing Debian packages itself.
+test:
+	@scripts/test.sh
+
+deps:
+	@scripts/install-deps.sh
+
+fmt: check-cargo
+	$(CARGO) fmt --check
+
+clippy: check-cargo
+	@set -e; for v in $(LUAS); do f=$$(case $$v in jit) echo luajit;; *) echo lua$${v/./};; esac); \
+	  echo "$(CARGO) clippy --release --features $$f --target-dir target/$$f -- -D warnings"; \
+	  $(CARGO) clippy --release --features $$f --target-dir target/$$f -- -D warnings; done
+
+conformance:
+	@test -n "$(UPSTREAM)" || { echo "usage: make conformance UPSTREAM=/path/to/upstream/copas" >&2; exit 2; }
+	@$(MAKE) --no-print-directory build
+	@scripts/conformance.sh "$(UPSTREAM)" $(LUAS)
+
+bench:
+	@test -n "$(UPSTREAM)" || { echo "usage: make bench UPSTREAM=/path/to/upstream/copas" >&2; exit 2; }
+	bench/run "$(UPSTREAM)"
+
+clean:
+	rm -rf build target
