@@ -1,0 +1,262 @@
+--- A FIFO queue for Copas threads, with optional worker threads.
+-- Compatible with Copas 4.11's `copas.queue`; see docs/copas-behaviour.md §9.3 for
+-- the contract and the upstream bug fixed here.
+local copas = require("copas")
+
+local gettime = copas.gettime    -- captured once, like upstream
+local Semaphore = copas.semaphore
+local Lock = copas.lock
+
+-- How often `finish` re-checks for workers that ended without signalling: a worker that
+-- died from an error (or was removed) never gives the exit semaphore, and Copas offers
+-- no hook on a thread's death.
+local WORKER_CHECK_INTERVAL = 0.1
+
+local Queue = {}
+Queue.__index = Queue
+
+
+local new_name do
+  local count = 0
+
+  function new_name()
+    count = count + 1
+    return "copas_queue_" .. count
+  end
+end
+
+
+-- True when the worker thread will never run again.
+local function is_gone(co)
+  if coroutine.status(co) == "dead" then
+    return true
+  end
+  local mt = getmetatable(copas)
+  local internal = type(mt) == "table" and mt.internal
+  local isremoved = type(internal) == "table" and internal.isremoved
+  return isremoved and isremoved(co) and true or false
+end
+
+
+-- Drops the workers that will never run again; returns true if any are left.
+local function has_live_workers(self)
+  for co in pairs(self.workers) do
+    if is_gone(co) then
+      self.workers[co] = nil
+    end
+  end
+  return next(self.workers) ~= nil
+end
+
+
+--- Creates a new queue. Works as `Queue.new(opts)` and as `Queue:new()`.
+-- @param opts (optional) table; `opts.name` names the queue and its workers
+-- @return the queue object
+function Queue.new(opts)
+  if opts == nil then
+    opts = {}
+  elseif type(opts) ~= "table" then
+    error("expected options (1st argument) to be a table, got: " .. tostring(opts), 2)
+  end
+  local name = opts.name
+  if name ~= nil and type(name) ~= "string" and type(name) ~= "number" then
+    error("expected options.name to be a string, got: " .. tostring(name), 2)
+  end
+
+  return setmetatable({
+    name = name or new_name(),
+    sema = Semaphore.new(10^9),   -- counts the items; its default timeout (10 s) is pop's
+    head = 1,                     -- position for the next item pushed
+    tail = 1,                     -- position of the next item popped
+    list = {},
+    workers = setmetatable({}, { __mode = "k" }),
+    stopping = false,
+    worker_id = 0,
+    exit_semaphore = Semaphore.new(10^9),  -- given once by every exiting worker
+  }, Queue)
+end
+
+
+--- Pushes an item (which may be nil).
+-- @return true, or nil + "stopping"/"destroyed"
+function Queue:push(item)
+  if self.stopping then
+    return nil, "stopping"
+  end
+  self.list[self.head] = item
+  self.head = self.head + 1
+  self.sema:give()
+  return true
+end
+
+
+--- Pops the oldest item, waiting for one if the queue is empty.
+-- @param timeout (optional) seconds to wait (default 10); `0` never yields,
+-- `math.huge` waits forever
+-- @return the item (possibly nil), or nil + "timeout"/"destroyed"
+function Queue:pop(timeout)
+  if timeout ~= nil and (type(timeout) ~= "number" or not (timeout >= 0)) then
+    error("expected timeout (1st argument) to be a number greater than or equal to 0, got: "
+          .. tostring(timeout), 2)
+  end
+  local ok, err = self.sema:take(1, timeout)
+  if not ok then
+    return ok, err
+  end
+
+  local item = self.list[self.tail]
+  self.list[self.tail] = nil
+  self.tail = self.tail + 1
+
+  if self.tail == self.head then
+    self.list = {}
+    self.head = 1
+    self.tail = 1
+    if self.stopping then
+      self:destroy()  -- the last item is out: a stopping queue is done
+    end
+  end
+  return item
+end
+
+
+--- @return the number of items in the queue
+function Queue:get_size()
+  return self.head - self.tail
+end
+
+
+--- Stops accepting pushes; the queue destroys itself once it runs empty.
+-- @return true
+function Queue:stop()
+  if not self.stopping then
+    self.stopping = true
+    -- `finish` waits on this lock, which is never released, only destroyed together
+    -- with the queue
+    self.lock = Lock.new(nil, true)
+    self.lock:get()
+    if self:get_size() == 0 then
+      self:destroy()  -- no pop will come to see the last item go
+    end
+  end
+  return true
+end
+
+
+-- Destroys the queue after a failed `finish`, unless asked not to.
+local function finish_timeout(self, no_destroy_on_timeout)
+  if not no_destroy_on_timeout then
+    self:destroy()
+  end
+  return nil, "timeout"
+end
+
+
+--- Stops the queue, then waits until it ran empty and every worker has finished
+-- handling its last item.
+-- @param timeout (optional) seconds to wait (default 10, the lock's default)
+-- @param no_destroy_on_timeout (optional) if truthy, a timeout leaves the queue intact
+-- @return true, or nil + "timeout"
+function Queue:finish(timeout, no_destroy_on_timeout)
+  if timeout ~= nil and (type(timeout) ~= "number" or not (timeout >= 0)) then
+    error("expected timeout (1st argument) to be a number greater than or equal to 0, got: "
+          .. tostring(timeout), 2)
+  end
+  self:stop()
+  timeout = timeout or self.lock.timeout  -- a raw field, readable after destruction
+  local endtime = gettime() + timeout
+
+  local _, err = self.lock:get(timeout)
+  if err == "timeout" then
+    return finish_timeout(self, no_destroy_on_timeout)
+  end
+
+  -- the queue is destroyed (empty); now the workers must exit. Several threads may
+  -- be finishing at once, so each counts exits one by one.
+  while has_live_workers(self) do
+    local remaining = math.max(0, endtime - gettime())
+    _, err = self.exit_semaphore:take(1, math.min(remaining, WORKER_CHECK_INTERVAL))
+    if err == "destroyed" then
+      return true  -- another finisher saw the last worker go
+    end
+    if err == "timeout" and remaining <= WORKER_CHECK_INTERVAL then
+      return finish_timeout(self, no_destroy_on_timeout)
+    end
+  end
+  self.exit_semaphore:destroy()
+  return true
+end
+
+
+do
+  local function destroyed_method()
+    return nil, "destroyed"
+  end
+
+  -- Every method, and any other missing key, of a destroyed queue answers "destroyed".
+  local destroyed_mt = {
+    __index = function()
+      return destroyed_method
+    end,
+  }
+
+  --- Destroys the queue at once, dropping its items; waiting `pop` calls return
+  -- nil + "destroyed", and the workers exit.
+  -- @return true
+  function Queue:destroy()
+    if self.lock then
+      self.lock:destroy()
+    end
+    self.sema:destroy()
+    setmetatable(self, destroyed_mt)
+    for key in pairs(self.list) do
+      self.list[key] = nil
+    end
+    return true
+  end
+end
+
+
+-- The body of a worker thread: handles items until the queue is destroyed.
+local function work(self, handler)
+  while true do
+    local item, err = self:pop(math.huge)
+    if err then
+      break
+    end
+    -- unprotected, as documented: an error ends this worker through the Copas
+    -- error handler
+    handler(item)
+  end
+  self.workers[coroutine.running()] = nil
+  self.exit_semaphore:give(1)
+end
+
+
+--- Adds a worker thread that calls `handler(item)` for every item popped.
+-- @param handler the function
+-- @return the worker's coroutine
+function Queue:add_worker(handler)
+  if type(handler) ~= "function" then
+    error("expected worker to be a function", 2)
+  end
+  self.worker_id = self.worker_id + 1
+  local co = copas.addnamedthread(self.name .. ":worker_" .. self.worker_id, work, self, handler)
+  self.workers[co] = true
+  return co
+end
+
+
+--- @return an array of the worker coroutines still active (order unspecified)
+function Queue:get_workers()
+  local list = {}
+  for co in pairs(self.workers) do
+    if not is_gone(co) then
+      list[#list + 1] = co
+    end
+  end
+  return list
+end
+
+
+return Queue
