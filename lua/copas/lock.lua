@@ -24,18 +24,9 @@ local function bad_timeout(value, level)
 end
 
 
--- A thread that was removed (copas.removethread, copas.cancelall) or that died will
--- never run again, so the lock must not be handed to it. Our copas exposes
--- `internal.isremoved`; without it (upstream copas) only death can be seen.
-local function is_gone(co)
-  if coroutine.status(co) == "dead" then
-    return true
-  end
-  local mt = getmetatable(copas)
-  local internal = type(mt) == "table" and mt.internal
-  local isremoved = type(internal) == "table" and internal.isremoved
-  return isremoved and isremoved(co) and true or false
-end
+-- A thread that died or was removed (copas.removethread, copas.cancelall) will never run
+-- again, so it must not be handed anything.
+local is_gone = getmetatable(copas).internal.isgone
 
 
 -- Returns the running Copas thread, raising before anything gets queued when the
@@ -87,6 +78,39 @@ local function expire(self, waiter)
 end
 
 
+-- The slow path of `get`: queue up and wait for an outcome. Kept out of `get`, whose fast
+-- path LuaJIT can then compile (a closure in the same function stops its traces).
+local function wait_in_line(self, timeout, co)
+  local waiter = { co = co, pos = self.q_tail, outcome = nil }
+  self.queue[waiter.pos] = waiter
+  self.q_tail = waiter.pos + 1
+
+  local start_time = gettime()
+  if timeout == math.huge then
+    copas.timeout(timeout)  -- still cancels the thread's own timeout, as upstream
+  else
+    copas.timeout(timeout, function() expire(self, waiter) end)
+  end
+  -- An unrelated copas.wakeup of this thread is not an outcome: keep waiting.
+  repeat
+    copas.pauseforever()
+  until waiter.outcome ~= nil
+  local waited = gettime() - start_time
+  if rawget(self, "handoff") == waiter then
+    self.handoff = nil
+  end
+
+  if waiter.outcome ~= "timeout" then
+    copas.timeout(0)  -- still armed: cancel it
+  end
+  if waiter.outcome ~= "granted" then
+    return nil, waiter.outcome, waited
+  end
+  -- `release` already made us the owner, before we ran
+  return waited
+end
+
+
 --- Acquires the lock, waiting in line if another thread holds it.
 -- @param timeout (optional) seconds to wait, defaults to the lock's timeout;
 -- `0` never yields, `math.huge` waits forever
@@ -111,31 +135,7 @@ function lock:get(timeout)
   if timeout == 0 then
     return nil, "timeout", 0  -- checked before queuing: a failed probe leaves no trace
   end
-  co = waiting_thread(2)
-
-  local waiter = { co = co, pos = self.q_tail, outcome = nil }
-  self.queue[waiter.pos] = waiter
-  self.q_tail = waiter.pos + 1
-
-  local start_time = gettime()
-  copas.timeout(timeout, function() expire(self, waiter) end)
-  -- An unrelated copas.wakeup of this thread is not an outcome: keep waiting.
-  repeat
-    copas.pauseforever()
-  until waiter.outcome ~= nil
-  local waited = gettime() - start_time
-  if rawget(self, "handoff") == waiter then
-    self.handoff = nil
-  end
-
-  if waiter.outcome ~= "timeout" then
-    copas.timeout(0)  -- still armed: cancel it
-  end
-  if waiter.outcome ~= "granted" then
-    return nil, waiter.outcome, waited
-  end
-  -- `release` already made us the owner, before we ran
-  return waited
+  return wait_in_line(self, timeout, waiting_thread(2))
 end
 
 

@@ -27,15 +27,7 @@ end
 
 
 -- True when the worker thread will never run again.
-local function is_gone(co)
-  if coroutine.status(co) == "dead" then
-    return true
-  end
-  local mt = getmetatable(copas)
-  local internal = type(mt) == "table" and mt.internal
-  local isremoved = type(internal) == "table" and internal.isremoved
-  return isremoved and isremoved(co) and true or false
-end
+local is_gone = getmetatable(copas).internal.isgone
 
 
 -- Drops the workers that will never run again; returns true if any are left.
@@ -104,12 +96,13 @@ function Queue:pop(timeout)
     return ok, err
   end
 
-  local item = self.list[self.tail]
-  self.list[self.tail] = nil
-  self.tail = self.tail + 1
+  local list, tail = self.list, self.tail
+  local item = list[tail]
+  list[tail] = nil
+  self.tail = tail + 1
 
   if self.tail == self.head then
-    self.list = {}
+    -- every popped position was cleared: start over in the same table
     self.head = 1
     self.tail = 1
     if self.stopping then

@@ -23,18 +23,9 @@ local function bad_timeout(value, nth, level)
 end
 
 
--- A thread that was removed (copas.removethread, copas.cancelall) or that died will
--- never run again, so it must not be handed resources. Our copas exposes
--- `internal.isremoved`; without it (upstream copas) only death can be seen.
-local function is_gone(co)
-  if coroutine.status(co) == "dead" then
-    return true
-  end
-  local mt = getmetatable(copas)
-  local internal = type(mt) == "table" and mt.internal
-  local isremoved = type(internal) == "table" and internal.isremoved
-  return isremoved and isremoved(co) and true or false
-end
+-- A thread that died or was removed (copas.removethread, copas.cancelall) will never run
+-- again, so it must not be handed anything.
+local is_gone = getmetatable(copas).internal.isgone
 
 
 -- Returns the running Copas thread, raising before anything gets queued when the
@@ -81,9 +72,10 @@ end
 -- cannot be satisfied. Holes and threads that will never run again are dropped on the
 -- way, so the head of a non-empty line is always a live waiter that must wait.
 local function serve(self)
+  local pos, tail = self.q_tip, self.q_tail
+  if pos == tail then return end
   local queue = self.queue
-  local pos = self.q_tip
-  while pos < self.q_tail do
+  while pos < tail do
     local waiter = queue[pos]
     if waiter then
       if is_gone(waiter.co) then
@@ -100,8 +92,8 @@ local function serve(self)
     pos = pos + 1
   end
 
-  if pos >= self.q_tail then
-    self.queue = {}
+  if pos >= tail then
+    -- every served position was cleared: the line starts over in the same table
     self.q_tip = 1
     self.q_tail = 1
   else
@@ -129,22 +121,53 @@ end
 -- @param given (optional) number of resources, default 1
 -- @return true, or nil + "too many"
 function semaphore:give(given)
-  local amount = tonumber(given or 1)
+  local amount = given or 1
+  if type(amount) ~= "number" then
+    amount = tonumber(amount)  -- numeric strings work, as upstream
+  end
   if not amount or amount ~= amount then
     error("expected given (1st argument) to be a number, got: " .. tostring(given), 2)
   end
 
-  local err
   local count = self.count + amount
-  if count > self.max then
-    count = self.max
-    err = "too many"
+  local max = self.max
+  if count > max then
+    self.count = max
+    serve(self)
+    return nil, "too many"
   end
   self.count = count
   serve(self)
+  return true
+end
 
-  if err then
-    return nil, err
+
+-- The slow path of `take`: queue up and wait for an outcome. Kept out of `take`, whose fast
+-- path LuaJIT can then compile (a closure in the same function stops its traces).
+local function wait_in_line(self, requested, timeout, co)
+  local waiter = { co = co, requested = requested, pos = self.q_tail }
+  self.queue[waiter.pos] = waiter
+  self.q_tail = waiter.pos + 1
+
+  local timed = timeout ~= math.huge
+  if timed then
+    copas.timeout(timeout, function() expire(self, waiter) end)
+  else
+    copas.timeout(timeout)  -- still cancels the thread's own timeout, as upstream
+  end
+  -- An unrelated copas.wakeup of this thread is not an outcome: keep waiting.
+  repeat
+    copas.pauseforever()
+  until waiter.outcome ~= nil
+
+  if waiter.outcome == "timeout" then
+    return nil, "timeout"
+  end
+  if timed then
+    copas.timeout(0)  -- still armed: cancel it
+  end
+  if self.destroyed then
+    return nil, "destroyed"
   end
   return true
 end
@@ -166,10 +189,12 @@ function semaphore:take(requested, timeout)
     bad_timeout(timeout, "2nd", 2)
   end
 
-  -- a removed thread at the head must not block a take that can be satisfied
-  serve(self)
-  if self.q_tip == self.q_tail and self.count >= requested then
-    self.count = self.count - requested
+  if self.q_tip ~= self.q_tail then
+    serve(self)  -- a removed thread at the head must not block a take that can be satisfied
+  end
+  local count = self.count
+  if count >= requested and self.q_tip == self.q_tail then
+    self.count = count - requested
     return true
   end
 
@@ -181,24 +206,7 @@ function semaphore:take(requested, timeout)
     return nil, "timeout"
   end
 
-  local waiter = { co = waiting_thread(2), requested = requested, pos = self.q_tail }
-  self.queue[waiter.pos] = waiter
-  self.q_tail = waiter.pos + 1
-
-  copas.timeout(timeout, function() expire(self, waiter) end)
-  -- An unrelated copas.wakeup of this thread is not an outcome: keep waiting.
-  repeat
-    copas.pauseforever()
-  until waiter.outcome ~= nil
-
-  if waiter.outcome == "timeout" then
-    return nil, "timeout"
-  end
-  copas.timeout(0)  -- still armed: cancel it
-  if self.destroyed then
-    return nil, "destroyed"
-  end
-  return true
+  return wait_in_line(self, requested, timeout, waiting_thread(2))
 end
 
 
