@@ -43,8 +43,7 @@ if _VERSION == "Lua 5.1" and not jit then
   local coxpcall = optional("coxpcall")
   running = coxpcall and coxpcall.running or coroutine.running
 else
-  local raw_running = coroutine.running
-  running = function() return (raw_running()) end
+  running = coroutine.running   -- every use below takes its first result only
 end
 
 
@@ -241,10 +240,13 @@ function copas.addthread(handler, ...)
   return copas.addnamedthread(nil, handler, ...)
 end
 
+-- Threads removed by removethread or cancelall that were still alive: they never run again.
+local removed = setmetatable({}, { __mode = "k" })
+
 function copas.removethread(co)
   if type(co) ~= "thread" then argerror(1, "removethread", "coroutine", co) end
   local id = task_ids[co]
-  if id then sched.remove(id) end
+  if id and sched.remove(id) then removed[co] = true end
 end
 
 function copas.pause(sleeptime)
@@ -425,6 +427,9 @@ end
 
 function copas.cancelall()
   sched.cancel_all()
+  for co, id in pairs(task_ids) do
+    if not sched.alive(id) and coroutine.status(co) ~= "dead" then removed[co] = true end
+  end
   timer_callbacks, timer_args = {}, {}
   copas.exit()
 end
@@ -494,10 +499,10 @@ end
 -------------------------------------------------------------------------------
 
 copas_mt.internal = {
-  -- True when `co` was removed (removethread, cancelall) or has ended: it will not run again.
-  isremoved = function(co)
-    local id = task_ids[co]
-    return id ~= nil and not sched.alive(id)
+  -- True when `co` has ended or was removed (removethread, cancelall): it will not run again,
+  -- so a lock or semaphore must not be handed to it.
+  isgone = function(co)
+    return removed[co] or coroutine.status(co) == "dead"
   end,
 }
 

@@ -67,7 +67,7 @@ fn new_instance(lua: &Lua) -> mlua::Result<Table> {
         |_, c, (co, registered): (Thread, bool)| c.spawn(co, registered),
     )?;
     add(lua, &t, &core, "wakeup", |_, c, id: i64| c.wakeup(id))?;
-    add(lua, &t, &core, "remove", |_, c, id: i64| c.remove(id))?;
+    add(lua, &t, &core, "remove", |_, c, id: i64| Ok(c.remove(id)))?;
     add(lua, &t, &core, "alive", |_, c, id: i64| Ok(c.alive(id)))?;
     add(lua, &t, &core, "step", |lua, c, timeout: Option<f64>| {
         c.step(lua, timeout)

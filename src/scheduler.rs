@@ -372,23 +372,26 @@ impl Core {
 
     /// `copas.removethread`: a registered task is never resumed again; any task asleep is taken
     /// off the schedule at once (upstream removes it from the sleep structures, registered or not).
-    pub fn remove(&self, id: i64) -> mlua::Result<()> {
+    /// Returns whether the task will never run again.
+    pub fn remove(&self, id: i64) -> bool {
         let (key, gen) = unpack(id);
         let mut s = self.sched.borrow_mut();
         let Some(t) = s.task(key, gen) else {
-            return Ok(());
+            return false;
         };
         if t.registered {
             t.canceled = true;
         }
+        let canceled = t.canceled;
         if matches!(
             t.wait,
             Wait::Sleeping(_) | Wait::SleepingUnbounded | Wait::Forever { .. }
         ) {
             drop(s);
             self.discard(key);
+            return true;
         }
-        Ok(())
+        canceled
     }
 
     /// True while the task exists and has not been removed.
