@@ -54,7 +54,7 @@ fn unpack(id: i64) -> (usize, u32) {
 enum Wait {
     Ready,
     Running,
-    /// In the deadline heap under this sequence number.
+    /// In the deadline heap until this deadline.
     Sleeping(u64),
     /// `pause(math.huge)`: asleep for ever, and it keeps the loop alive (upstream quirk).
     SleepingUnbounded,
@@ -82,7 +82,6 @@ struct Task {
 
 struct TimerRec {
     gen: u32,
-    seq: u64,
 }
 
 struct Sched {
@@ -135,11 +134,10 @@ impl Sched {
     }
 
     fn is_live(&self, e: &Entry) -> bool {
-        match e.target {
-            Target::Task(k) => {
-                matches!(self.tasks.get(k), Some(t) if t.wait == Wait::Sleeping(e.seq))
-            }
-            Target::Timer(k) => matches!(self.timers.get(k), Some(t) if t.seq == e.seq),
+        match e.target() {
+            Target::Task(k) => matches!(self.tasks.get(k),
+                Some(t) if t.gen == e.gen() && t.wait == Wait::Sleeping(e.at)),
+            Target::Timer(k) => matches!(self.timers.get(k), Some(t) if t.gen == e.gen()),
         }
     }
 
@@ -197,7 +195,7 @@ impl Sched {
             if !self.is_live(&e) {
                 continue;
             }
-            match e.target {
+            match e.target() {
                 Target::Task(k) => self.make_ready(k),
                 Target::Timer(k) => due_timers.push((k, self.timers[k].gen)),
             }
@@ -431,9 +429,8 @@ impl Core {
             return Ok(0);
         };
         let gen = s.next_gen();
-        let key = s.timers.insert(TimerRec { gen, seq: 0 });
-        let seq = s.deadlines.push(at, Target::Timer(key));
-        s.timers[key].seq = seq;
+        let key = s.timers.insert(TimerRec { gen });
+        s.deadlines.push(at, Target::Timer(key), gen);
         s.compact();
         let id = pack(key, gen);
         if id.is_err() {
@@ -731,8 +728,9 @@ impl Core {
                 None => s.make_ready(key),
                 Some(x) => match s.deadlines.deadline_after(x) {
                     Some(at) => {
-                        let seq = s.deadlines.push(at, Target::Task(key));
-                        s.tasks[key].wait = Wait::Sleeping(seq);
+                        let gen = s.tasks[key].gen;
+                        s.deadlines.push(at, Target::Task(key), gen);
+                        s.tasks[key].wait = Wait::Sleeping(at);
                         s.sleeping += 1;
                         s.compact();
                     }
