@@ -382,3 +382,49 @@ describe("the coroutine a thread runs in", function()
     assert.equal("running", status_after)
   end)
 end)
+
+-- §12: on PUC 5.1 pcall cannot be yielded across; coxpcall's copcall can, and copas keys its
+-- per-thread state on coxpcall.running, which maps the helper coroutine back to the thread.
+-- Elsewhere plain pcall is yieldable and coroutine.running is the thread itself.
+describe("a protected call inside a copas thread", function()
+  local puc51 = _VERSION == "Lua 5.1" and not jit
+  local protected = puc51 and require("coxpcall").pcall or pcall
+  local copas
+  before_each(function() copas = helper.fresh_copas() end)
+
+  it("can pause, and the thread resumes after it", function()
+    local results = {}
+    copas.addthread(function()
+      local ok, elapsed = protected(function() return copas.pause(0.02) end)
+      results[#results + 1] = ok
+      results[#results + 1] = type(elapsed)
+      local ok2 = protected(function() copas.pause(0) end)
+      results[#results + 1] = ok2
+    end)
+    run(copas, 2)
+    assert.same({ true, "number", true }, results)
+  end)
+
+  it("sets the error handler of the copas thread itself", function()
+    local handled
+    local co = copas.addthread(function()
+      protected(function() copas.seterrorhandler(function(_, c) handled = c end) end)
+      copas.pause(0)
+      error("after the protected call")
+    end)
+    run(copas, 2)
+    assert.equal(co, handled)
+  end)
+
+  it("arms copas.timeout for the copas thread, which the callback receives", function()
+    local got, thread
+    thread = copas.addthread(function()
+      protected(function()
+        copas.timeout(0.02, function(c) got = c; copas.wakeup(c) end)
+        copas.pauseforever()
+      end)
+    end)
+    run(copas, 2)
+    assert.equal(thread, got)
+  end)
+end)
