@@ -1,41 +1,17 @@
 -- Specs for copas.lock (behaviour contract §9.1, §15.22).
 -- Bug fixes (fail on upstream 4.11): lock:get(0) on a held lock leaves no queued ghost; a
--- waiter removed with copas.removethread is skipped on hand-off (needs our core's isremoved);
+-- waiter removed with copas.removethread is skipped on hand-off (needs our core's internal.isgone);
 -- an unrelated copas.wakeup does not hand a waiter the lock.
 local helper = require("spec.helper")
 
--- yield-safe pcall: on PUC 5.1 the native one cannot carry a copas.pause
--- and coxpcall's running maps its helper coroutine back to the copas thread.
+-- on PUC 5.1, coxpcall's running maps its helper coroutine back to the copas thread
 local puc51 = _VERSION == "Lua 5.1" and not jit
-local safe_pcall = puc51 and require("coxpcall").pcall or pcall
 local running = puc51 and require("coxpcall").running or coroutine.running
 
 local EPS = 0.01     -- clock granularity
 local LATE = 0.25    -- upstream fires timeouts up to 0.2 s late
 
--- Runs `body` as a Copas thread in copas.loop. An error in `body`, or any error reported to
--- the Copas error handler by another thread, fails the spec; so does a loop still running
--- after `limit` seconds.
-local function run(copas, body, limit)
-  limit = limit or 5
-  local errors = {}
-  copas.seterrorhandler(function(msg) errors[#errors + 1] = tostring(msg) end, true)
-  local deadline = copas.gettime() + limit
-  local step = copas.step
-  copas.step = function(t)
-    if copas.gettime() > deadline then
-      error("copas.loop still running after " .. limit .. " s", 0)
-    end
-    return step((t == nil or t > 0.1) and 0.1 or t)
-  end
-  local ok, err = pcall(copas.loop, function()
-    local ok2, err2 = safe_pcall(body)
-    if not ok2 then errors[#errors + 1] = tostring(err2) end
-  end)
-  copas.step = step
-  if not ok then error(err, 0) end
-  if errors[1] then error(table.concat(errors, "\n"), 0) end
-end
+local run = helper.run
 
 
 describe("copas.lock.new()", function()
@@ -312,7 +288,7 @@ describe("lock:release()", function()
     local lock = copas.lock.new()
     run(copas, function()
       -- on PUC 5.1 every (co)pcall runs in a helper coroutine of its own
-      assert(safe_pcall(function() assert.equal(0, lock:get()) end))
+      assert(helper.safe_pcall(function() assert.equal(0, lock:get()) end))
       assert.is_true(lock:release())
       assert.is_nil(lock.owner)
     end)

@@ -6,20 +6,7 @@ local helper = require("spec.helper")
 local system = require("system")
 local clock = system.gettime
 
-local function run(copas, limit, ...)
-  local deadline = clock() + (limit or 5)
-  local step = copas.step
-  copas.step = function(t)
-    if clock() > deadline then error("copas.loop still running after " .. (limit or 5) .. " s", 0) end
-    if t == nil or t > 0.05 then t = 0.05 end -- keep the deadline check going
-    return step(t)
-  end
-  local start = clock()
-  local ok, err = pcall(copas.loop, ...)
-  copas.step = step
-  if not ok then error(err, 0) end
-  return clock() - start
-end
+local run = helper.loop
 
 -- Runs Lua source in a separate interpreter (same version and paths) under `timeout`, so a hang
 -- or a crash fails the spec instead of the whole run. Returns the output and the exit code

@@ -5,18 +5,7 @@ local helper = require("spec.helper")
 local system = require("system")
 local clock = system.gettime
 
-local function run(copas, limit, ...)
-  local deadline = clock() + (limit or 5)
-  local step = copas.step
-  copas.step = function(t)
-    if clock() > deadline then error("copas.loop still running after " .. (limit or 5) .. " s", 0) end
-    if t == nil or t > 0.05 then t = 0.05 end -- keep the deadline check going
-    return step(t)
-  end
-  local ok, err = pcall(copas.loop, ...)
-  copas.step = step
-  if not ok then error(err, 0) end
-end
+local run = helper.loop
 
 local FIELDS = {
   _COPYRIGHT = "string", _DESCRIPTION = "string", _VERSION = "string",

@@ -1,42 +1,14 @@
 -- Specs for copas.queue (behaviour contract §9.3, §15.13, §15.22, §16.2).
 -- Bug fixes (fail on upstream 4.11): a worker that died from an error does not keep
 -- queue:finish() waiting; neither does a worker removed with copas.removethread (needs our
--- core's isremoved).
+-- core's internal.isgone).
 local helper = require("spec.helper")
 
--- yield-safe pcall: on PUC 5.1 the native one cannot carry a copas.pause
-local safe_pcall = (_VERSION == "Lua 5.1" and not jit) and require("coxpcall").pcall or pcall
 
 local EPS = 0.01     -- clock granularity
 local LATE = 0.25    -- upstream fires timeouts up to 0.2 s late
 
--- Runs `body` as a Copas thread in copas.loop and returns the errors that other threads
--- reported to the Copas error handler. Unless `expect_errors`, any such error fails the spec;
--- an error in `body` always does, and so does a loop still running after `limit` seconds.
-local function run(copas, body, limit, expect_errors)
-  limit = limit or 5
-  local errors, failures = {}, {}
-  copas.seterrorhandler(function(msg) errors[#errors + 1] = tostring(msg) end, true)
-  local deadline = copas.gettime() + limit
-  local step = copas.step
-  copas.step = function(t)
-    if copas.gettime() > deadline then
-      error("copas.loop still running after " .. limit .. " s", 0)
-    end
-    return step((t == nil or t > 0.1) and 0.1 or t)
-  end
-  local ok, err = pcall(copas.loop, function()
-    local ok2, err2 = safe_pcall(body)
-    if not ok2 then failures[#failures + 1] = tostring(err2) end
-  end)
-  copas.step = step
-  if not ok then error(err, 0) end
-  if not expect_errors then
-    for _, e in ipairs(errors) do failures[#failures + 1] = e end
-  end
-  if failures[1] then error(table.concat(failures, "\n"), 0) end
-  return errors
-end
+local run = helper.run
 
 
 describe("copas.queue.new()", function()

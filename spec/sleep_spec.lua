@@ -4,22 +4,7 @@ local helper = require("spec.helper")
 local system = require("system")
 local clock = system.gettime
 
--- Runs copas.loop(...) but fails (instead of hanging) after `limit` seconds; loop calls
--- copas.step through the copas table (§1.3), so wrapping it bounds the loop.
-local function run(copas, limit, ...)
-  local deadline = clock() + (limit or 5)
-  local step = copas.step
-  copas.step = function(t)
-    if clock() > deadline then error("copas.loop still running after " .. (limit or 5) .. " s", 0) end
-    if t == nil or t > 0.05 then t = 0.05 end -- keep the deadline check going
-    return step(t)
-  end
-  local start = clock()
-  local ok, err = pcall(copas.loop, ...)
-  copas.step = step
-  if not ok then error(err, 0) end
-  return clock() - start
-end
+local run = helper.loop
 
 local EPS = 0.002 -- clock-read tolerance
 

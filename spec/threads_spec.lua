@@ -4,22 +4,7 @@ local helper = require("spec.helper")
 local system = require("system")
 local clock = system.gettime
 
--- Runs copas.loop(...) but makes the spec fail (instead of hang) when the loop runs longer than
--- `limit` seconds. loop looks copas.step up through the copas table (§1.3), so a wrapper bounds it.
-local function run(copas, limit, ...)
-  local deadline = clock() + (limit or 5)
-  local step = copas.step
-  copas.step = function(t)
-    if clock() > deadline then error("copas.loop still running after " .. (limit or 5) .. " s", 0) end
-    if t == nil or t > 0.05 then t = 0.05 end -- keep the deadline check going
-    return step(t)
-  end
-  local start = clock()
-  local ok, err = pcall(copas.loop, ...)
-  copas.step = step
-  if not ok then error(err, 0) end
-  return clock() - start
-end
+local run = helper.loop
 
 -- steps until cond() is true, or `limit` seconds passed; returns cond()'s final value
 local function step_until(copas, cond, limit)

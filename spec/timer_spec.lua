@@ -4,35 +4,11 @@
 -- a recurring callback, repeated, leaves exactly one live timer thread (#213).
 local helper = require("spec.helper")
 
--- yield-safe pcall: on PUC 5.1 the native one cannot carry a copas.pause
-local safe_pcall = (_VERSION == "Lua 5.1" and not jit) and require("coxpcall").pcall or pcall
 
 local EPS = 0.01     -- clock granularity
 local LATE = 0.25    -- upstream fires timers up to 0.2 s late
 
--- Runs `body` as a Copas thread in copas.loop. An error in `body`, or any error reported to
--- the default Copas error handler, fails the spec; so does a loop still running after
--- `limit` seconds.
-local function run(copas, body, limit)
-  limit = limit or 5
-  local errors = {}
-  copas.seterrorhandler(function(msg) errors[#errors + 1] = tostring(msg) end, true)
-  local deadline = copas.gettime() + limit
-  local step = copas.step
-  copas.step = function(t)
-    if copas.gettime() > deadline then
-      error("copas.loop still running after " .. limit .. " s", 0)
-    end
-    return step((t == nil or t > 0.1) and 0.1 or t)
-  end
-  local ok, err = pcall(copas.loop, function()
-    local ok2, err2 = safe_pcall(body)
-    if not ok2 then errors[#errors + 1] = tostring(err2) end
-  end)
-  copas.step = step
-  if not ok then error(err, 0) end
-  if errors[1] then error(table.concat(errors, "\n"), 0) end
-end
+local run = helper.run
 
 local function noop() end
 
