@@ -498,7 +498,15 @@ end
 -- Helpers for the submodules, kept off the public table (pairs(copas) matches upstream)
 -------------------------------------------------------------------------------
 
+local function destroyed_method()
+  return nil, "destroyed"
+end
+
 copas_mt.internal = {
+  -- The metatable of a destroyed lock, semaphore or queue: every method, and any other missing
+  -- key, answers nil, "destroyed".
+  destroyed_mt = { __index = function() return destroyed_method end },
+
   -- True when `co` has ended or was removed (removethread, cancelall): it will not run again,
   -- so a lock or semaphore must not be handed to it.
   isgone = function(co)

@@ -28,6 +28,9 @@ end
 -- again, so it must not be handed anything.
 local is_gone = getmetatable(copas).internal.isgone
 
+-- Every method, and any other missing key, of a destroyed object answers nil, "destroyed".
+local destroyed_mt = getmetatable(copas).internal.destroyed_mt
+
 
 -- Returns the running Copas thread, raising before anything gets queued when the
 -- caller cannot wait (the main thread), so that no ghost waiter is left behind.
@@ -178,42 +181,29 @@ function lock:release()
 end
 
 
-do
-  local function destroyed_method()
-    return nil, "destroyed"
+--- Destroys the lock; every waiter returns nil + "destroyed" + seconds waited,
+-- including one that was handed the lock but has not run yet (as upstream).
+-- @return true
+function lock:destroy()
+  local handoff = self.handoff
+  if handoff and handoff.outcome == "granted" then
+    handoff.outcome = "destroyed"
   end
-
-  -- Every method, and any other missing key, of a destroyed lock answers "destroyed".
-  local destroyed_mt = {
-    __index = function()
-      return destroyed_method
-    end,
-  }
-
-  --- Destroys the lock; every waiter returns nil + "destroyed" + seconds waited,
-  -- including one that was handed the lock but has not run yet (as upstream).
-  -- @return true
-  function lock:destroy()
-    local handoff = self.handoff
-    if handoff and handoff.outcome == "granted" then
-      handoff.outcome = "destroyed"
+  self.handoff = nil
+  local queue = self.queue
+  for pos = self.q_tip, self.q_tail - 1 do
+    local waiter = queue[pos]
+    if waiter then
+      leave_queue(self, waiter, "destroyed")
+      copas.wakeup(waiter.co)
     end
-    self.handoff = nil
-    local queue = self.queue
-    for pos = self.q_tip, self.q_tail - 1 do
-      local waiter = queue[pos]
-      if waiter then
-        leave_queue(self, waiter, "destroyed")
-        copas.wakeup(waiter.co)
-      end
-    end
-    self.queue = {}
-    self.q_tip = 0
-    self.q_tail = 0
-    self.destroyed = true
-    setmetatable(self, destroyed_mt)
-    return true
   end
+  self.queue = {}
+  self.q_tip = 0
+  self.q_tail = 0
+  self.destroyed = true
+  setmetatable(self, destroyed_mt)
+  return true
 end
 
 

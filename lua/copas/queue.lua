@@ -29,6 +29,9 @@ end
 -- True when the worker thread will never run again.
 local is_gone = getmetatable(copas).internal.isgone
 
+-- Every method, and any other missing key, of a destroyed object answers nil, "destroyed".
+local destroyed_mt = getmetatable(copas).internal.destroyed_mt
+
 
 -- Drops the workers that will never run again; returns true if any are left.
 local function has_live_workers(self)
@@ -181,32 +184,19 @@ function Queue:finish(timeout, no_destroy_on_timeout)
 end
 
 
-do
-  local function destroyed_method()
-    return nil, "destroyed"
+--- Destroys the queue at once, dropping its items; waiting `pop` calls return
+-- nil + "destroyed", and the workers exit.
+-- @return true
+function Queue:destroy()
+  if self.lock then
+    self.lock:destroy()
   end
-
-  -- Every method, and any other missing key, of a destroyed queue answers "destroyed".
-  local destroyed_mt = {
-    __index = function()
-      return destroyed_method
-    end,
-  }
-
-  --- Destroys the queue at once, dropping its items; waiting `pop` calls return
-  -- nil + "destroyed", and the workers exit.
-  -- @return true
-  function Queue:destroy()
-    if self.lock then
-      self.lock:destroy()
-    end
-    self.sema:destroy()
-    setmetatable(self, destroyed_mt)
-    for key in pairs(self.list) do
-      self.list[key] = nil
-    end
-    return true
+  self.sema:destroy()
+  setmetatable(self, destroyed_mt)
+  for key in pairs(self.list) do
+    self.list[key] = nil
   end
+  return true
 end
 
 

@@ -27,6 +27,9 @@ end
 -- again, so it must not be handed anything.
 local is_gone = getmetatable(copas).internal.isgone
 
+-- Every method, and any other missing key, of a destroyed object answers nil, "destroyed".
+local destroyed_mt = getmetatable(copas).internal.destroyed_mt
+
 
 -- Returns the running Copas thread, raising before anything gets queued when the
 -- caller cannot wait (the main thread), so that no ghost waiter is left behind.
@@ -231,38 +234,25 @@ function semaphore:get_wait()
 end
 
 
-do
-  local function destroyed_method()
-    return nil, "destroyed"
-  end
-
-  -- Every method, and any other missing key, of a destroyed semaphore answers "destroyed".
-  local destroyed_mt = {
-    __index = function()
-      return destroyed_method
-    end,
-  }
-
-  --- Destroys the semaphore: every waiter, however much it asked for, returns
-  -- nil + "destroyed" (so does one served but not yet run, as upstream).
-  -- @return true
-  function semaphore:destroy()
-    local queue = self.queue
-    for pos = self.q_tip, self.q_tail - 1 do
-      local waiter = queue[pos]
-      if waiter then
-        waiter.outcome = "destroyed"
-        copas.wakeup(waiter.co)
-      end
+--- Destroys the semaphore: every waiter, however much it asked for, returns
+-- nil + "destroyed" (so does one served but not yet run, as upstream).
+-- @return true
+function semaphore:destroy()
+  local queue = self.queue
+  for pos = self.q_tip, self.q_tail - 1 do
+    local waiter = queue[pos]
+    if waiter then
+      waiter.outcome = "destroyed"
+      copas.wakeup(waiter.co)
     end
-    self.queue = {}
-    self.q_tip = 1
-    self.q_tail = 1
-    self.count = self.max
-    self.destroyed = true
-    setmetatable(self, destroyed_mt)
-    return true
   end
+  self.queue = {}
+  self.q_tip = 1
+  self.q_tail = 1
+  self.count = self.max
+  self.destroyed = true
+  setmetatable(self, destroyed_mt)
+  return true
 end
 
 
