@@ -141,10 +141,14 @@ impl Sched {
         }
     }
 
+    /// Rebuilds the heap without dead entries once they dominate it.
     fn compact(&mut self) {
         let live = self.sleeping + self.timers.len();
+        if !self.deadlines.is_sparse(live) {
+            return;
+        }
         let mut deadlines = std::mem::replace(&mut self.deadlines, Deadlines::new());
-        deadlines.compact_if_sparse(live, |e| self.is_live(e));
+        deadlines.retain(|e| self.is_live(e));
         self.deadlines = deadlines;
     }
 

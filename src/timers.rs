@@ -104,16 +104,14 @@ impl Deadlines {
         }
     }
 
-    /// Rebuilds the heap without dead entries once they dominate it.
-    pub fn compact_if_sparse(&mut self, live: usize, is_live: impl Fn(&Entry) -> bool) {
-        if self.heap.len() <= 2 * live + 1024 {
-            return;
-        }
-        let entries = std::mem::take(&mut self.heap).into_vec();
-        self.heap = entries
-            .into_iter()
-            .filter(|Reverse(e)| is_live(e))
-            .collect();
+    /// True when dead entries dominate the heap (`live` entries are still wanted).
+    pub fn is_sparse(&self, live: usize) -> bool {
+        self.heap.len() > 2 * live + 1024
+    }
+
+    /// Keeps only the entries `keep` accepts.
+    pub fn retain(&mut self, keep: impl Fn(&Entry) -> bool) {
+        self.heap.retain(|Reverse(e)| keep(e));
     }
 
     pub fn clear(&mut self) {
