@@ -507,6 +507,18 @@ copas_mt.internal = {
   -- key, answers nil, "destroyed".
   destroyed_mt = { __index = function() return destroyed_method end },
 
+  -- The running thread as copas keys per-thread state (coxpcall-aware on PUC 5.1).
+  running = running,
+
+  -- The running thread, for a wait `level` calls up; raises on the main thread instead.
+  waiting_thread = function(level)
+    local co, ismain = running()
+    if co == nil or ismain then
+      error("attempt to yield from outside a coroutine", level + 1)
+    end
+    return co
+  end,
+
   -- True when `co` has ended or was removed (removethread, cancelall): it will not run again,
   -- so a lock or semaphore must not be handed to it.
   isgone = function(co)

@@ -5,12 +5,9 @@ local copas = require("copas")
 
 local gettime = copas.gettime  -- captured once, like upstream
 
-local coroutine_running = coroutine.running
-if _VERSION == "Lua 5.1" and not jit then
-  -- PUC 5.1: a lock taken inside a coxpcall must belong to the Copas thread, not to
-  -- coxpcall's helper coroutine
-  coroutine_running = require("coxpcall").running
-end
+-- The running Copas thread: on PUC 5.1 a lock taken inside a coxpcall belongs to the Copas
+-- thread, not to coxpcall's helper coroutine.
+local coroutine_running = getmetatable(copas).internal.running
 
 local DEFAULT_TIMEOUT = 10
 
@@ -32,15 +29,9 @@ local is_gone = getmetatable(copas).internal.isgone
 local destroyed_mt = getmetatable(copas).internal.destroyed_mt
 
 
--- Returns the running Copas thread, raising before anything gets queued when the
--- caller cannot wait (the main thread), so that no ghost waiter is left behind.
-local function waiting_thread(level)
-  local co, ismain = coroutine_running()
-  if co == nil or ismain then
-    error("attempt to yield from outside a coroutine", level + 1)
-  end
-  return co
-end
+-- The running Copas thread; raises before anything gets queued when the caller cannot
+-- wait (the main thread), so that no ghost waiter is left behind.
+local waiting_thread = getmetatable(copas).internal.waiting_thread
 
 
 --- Creates a new lock.

@@ -3,12 +3,6 @@
 -- the contract and the upstream bugs fixed here.
 local copas = require("copas")
 
-local coroutine_running = coroutine.running
-if _VERSION == "Lua 5.1" and not jit then
-  -- PUC 5.1: a wait inside a coxpcall must be keyed on the Copas thread
-  coroutine_running = require("coxpcall").running
-end
-
 local DEFAULT_TIMEOUT = 10
 
 local semaphore = {}
@@ -31,15 +25,9 @@ local is_gone = getmetatable(copas).internal.isgone
 local destroyed_mt = getmetatable(copas).internal.destroyed_mt
 
 
--- Returns the running Copas thread, raising before anything gets queued when the
--- caller cannot wait (the main thread), so that no ghost waiter is left behind.
-local function waiting_thread(level)
-  local co, ismain = coroutine_running()
-  if co == nil or ismain then
-    error("attempt to yield from outside a coroutine", level + 1)
-  end
-  return co
-end
+-- The running Copas thread; raises before anything gets queued when the caller cannot
+-- wait (the main thread), so that no ghost waiter is left behind.
+local waiting_thread = getmetatable(copas).internal.waiting_thread
 
 
 --- Creates a new semaphore.

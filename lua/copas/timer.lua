@@ -3,13 +3,11 @@
 -- the contract and the upstream bugs fixed here.
 local copas = require("copas")
 
+local coroutine_running = getmetatable(copas).internal.running
 local xpcall = xpcall
-local coroutine_running = coroutine.running
 if _VERSION == "Lua 5.1" and not jit then
   -- PUC 5.1: callbacks may yield (copas.pause, I/O), which native xpcall cannot carry
-  local coxpcall = require("coxpcall")
-  xpcall = coxpcall.xpcall
-  coroutine_running = coxpcall.running
+  xpcall = require("coxpcall").xpcall
 end
 
 local DELAY_MESSAGE = "delay must be greater than or equal to 0"
