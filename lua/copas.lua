@@ -43,7 +43,7 @@ if _VERSION == "Lua 5.1" and not jit then
   local coxpcall = optional("coxpcall")
   running = coxpcall and coxpcall.running or coroutine.running
 else
-  running = coroutine.running   -- every use below takes its first result only
+  running = coroutine.running   -- its second result tells the main thread (waiting_thread)
 end
 
 
