@@ -126,6 +126,12 @@ impl Sched {
         t.wait = Wait::Running;
     }
 
+    /// Drops a task's record (its coroutine is the caller's business).
+    fn remove_task(&mut self, key: usize) {
+        self.leave_wait(key);
+        self.tasks.remove(key);
+    }
+
     fn make_ready(&mut self, key: usize) {
         self.leave_wait(key);
         let t = &mut self.tasks[key];
@@ -359,8 +365,7 @@ impl Core {
                 let co: Value = self.store.forever.raw_get(key)?;
                 if co.is_nil() {
                     // Collected while asleep: nothing is left to wake.
-                    s.leave_wait(key);
-                    s.tasks.remove(key);
+                    s.remove_task(key);
                 } else {
                     self.store.threads.raw_set(key, co)?;
                     self.store.forever.raw_set(key, Value::Nil)?;
@@ -412,8 +417,7 @@ impl Core {
                 return;
             };
             let forever = t.wait == Wait::Forever { weak: true };
-            s.leave_wait(key);
-            s.tasks.remove(key);
+            s.remove_task(key);
             forever
         };
         if was_forever {
@@ -455,11 +459,11 @@ impl Core {
         self.sched.borrow().timers.len()
     }
 
-    /// (ready, sleeping, forever, timers): the counts behind `copas.status()`.
-    pub fn counts(&self) -> (usize, usize, usize, usize) {
+    /// (ready, sleeping, forever): the task counts behind `copas.status()`.
+    pub fn counts(&self) -> (usize, usize, usize) {
         self.sweep_collected_forever(true);
         let s = self.sched.borrow();
-        (s.ready.len(), s.sleeping, s.forever, s.timers.len())
+        (s.ready.len(), s.sleeping, s.forever)
     }
 
     /// Frees tasks whose forever-sleeping coroutine was garbage collected. Runs when the set has
@@ -477,8 +481,7 @@ impl Core {
             .collect();
         for key in asleep {
             if matches!(self.store.forever.raw_get::<Value>(key), Ok(Value::Nil)) {
-                s.leave_wait(key);
-                s.tasks.remove(key);
+                s.remove_task(key);
             }
         }
         s.forever_at_sweep = s.forever;
