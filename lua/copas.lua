@@ -203,7 +203,6 @@ local function dispatch_error(err, co)
   end
 end
 sched.set_error_hook(dispatch_error)
-sched.set_exit_hook(function(co) errhandlers[co] = nil end)
 
 
 -------------------------------------------------------------------------------
@@ -349,6 +348,626 @@ end
 
 
 -------------------------------------------------------------------------------
+-- Sockets: timeouts, waiting, the low-level I/O functions
+-------------------------------------------------------------------------------
+
+local OP_READ, OP_WRITE, OP_LOOKUP = core.OP_READ, core.OP_WRITE, core.OP_LOOKUP
+local UDP_DATAGRAM_MAX = socket and socket._DATAGRAMSIZE or 8192
+local concat = table.concat
+
+-- LuaSocket and LuaSec errors that mean "not now": wait and retry.
+local RETRY = { timeout = true, wantread = true, wantwrite = true }
+
+local function check_socket(skt, n, fname)
+  local t = type(skt)
+  if t ~= "userdata" and t ~= "table" then argerror(n, fname, "socket", skt) end
+end
+
+-- Copas-level timeouts per socket (the real LuaSocket timeout is always 0). Missing means none.
+local connect_timeouts = setmetatable({}, { __mode = "k" })
+local send_timeouts = setmetatable({}, { __mode = "k" })
+local read_timeouts = setmetatable({}, { __mode = "k" })
+
+local function set_one(store, skt, value, what)
+  if value == nil then return true end
+  if type(value) ~= "number" then return nil, what .. " timeout must be 'nil' or a number" end
+  if value < 0 then value = nil end
+  store[skt] = value
+  return true
+end
+
+-- Applied in order; an error leaves the earlier ones applied (as upstream).
+function copas.settimeouts(skt, connect, send, read)
+  if skt == nil then argerror(1, "settimeouts", "socket", skt) end
+  local ok, err = set_one(connect_timeouts, skt, connect, "connect")
+  if ok then ok, err = set_one(send_timeouts, skt, send, "send") end
+  if ok then ok, err = set_one(read_timeouts, skt, read, "read") end
+  return ok, err
+end
+
+function copas.settimeout(skt, timeout)
+  if skt == nil then argerror(1, "settimeout", "socket", skt) end
+  timeout = timeout or -1
+  if type(timeout) ~= "number" then return nil, "timeout must be 'nil' or a number" end
+  return copas.settimeouts(skt, timeout, timeout, timeout)
+end
+
+-- A timeout of 0, like none, arms no timer (upstream: copas.timeout(0) cancels).
+local function deadline_for(timeout)
+  if timeout and timeout > 0 and timeout ~= huge then return sched.now() + timeout end
+  return nil
+end
+
+-- Per thread: report the socket's own error ("timeout", "wantread", ...) on a timeout.
+local raw_timeout_errors = setmetatable({}, { __mode = "k" })
+
+function copas.useSocketTimeoutErrors(bool)
+  local co = running()
+  if co == nil then error("table index is nil", 2) end   -- upstream, on 5.1's main thread
+  raw_timeout_errors[co] = not not bool
+end
+copas.usesockettimeouterrors = copas.useSocketTimeoutErrors
+
+local function timeout_error(raw)
+  local co = running()
+  if co ~= nil and raw_timeout_errors[co] then return raw end
+  return "timeout"
+end
+
+-- A deterministic fairness budget (upstream pauses at random after 10% of I/O calls): every
+-- IO_BUDGET-th socket call yields once, so a socket that always has data cannot starve timers
+-- or other threads, and math.random is left alone.
+local IO_BUDGET = 32
+local io_budget = IO_BUDGET
+
+local function spend()
+  io_budget = io_budget - 1
+  if io_budget > 0 then return end
+  io_budget = IO_BUDGET
+  local co, main = coroutine.running()
+  if co ~= nil and not main then copas.pause() end
+end
+
+-- The descriptor each socket object was added to epoll with, and the object of each descriptor
+-- (for debug output and cancelall).
+local watched_fd = setmetatable({}, { __mode = "k" })
+local fd_socket = setmetatable({}, { __mode = "v" })
+
+local function current_fd(skt)
+  local getfd = skt.getfd
+  if getfd == nil then return nil end
+  local fd = getfd(skt)
+  if type(fd) ~= "number" or fd < 0 or fd ~= fd then return nil end
+  return fd
+end
+
+local function watch(skt)
+  local fd = watched_fd[skt]
+  if fd then return fd end
+  fd = current_fd(skt)
+  if fd == nil or not sched.watch(fd) then return nil end
+  watched_fd[skt], fd_socket[fd] = fd, skt
+  return fd
+end
+
+-- Waits until `skt` is worth a retry in direction `op`: true on readiness, false once the
+-- deadline passed, nil for an object without a usable descriptor.
+local function wait_for(skt, op, deadline)
+  local fd = watch(skt)
+  if fd == nil then return nil end
+  return yield(TOKEN, op, fd, deadline) == 1
+end
+
+local tcp_mt, udp_mt   -- the wrapper metatables, below
+
+local function is_wrapper(skt)
+  local mt = getmetatable(skt)
+  return mt ~= nil and (mt == tcp_mt or mt == udp_mt)
+end
+
+-- Upstream hangs when handed a wrapper here; the wrapper's socket is what is meant.
+local function unwrap(skt)
+  if is_wrapper(skt) then return skt.socket end
+  return skt
+end
+
+local function direction(err, default)
+  if err == "wantwrite" then return OP_WRITE end
+  if err == "wantread" then return OP_READ end
+  return default
+end
+
+-- Collects received pieces so that a long "*a" or "*l" costs linear time: each retry asks for
+-- the rest only, and the pieces are joined once (upstream re-copies everything per retry).
+local function join(pieces, n)
+  if n <= 1 then return pieces[1] end
+  return concat(pieces, "", 1, n)
+end
+
+local function receive_waiting(skt, pattern, err, part)
+  local count = tonumber(pattern)
+  local pieces, n = { part }, part ~= nil and 1 or 0
+  local got = type(part) == "string" and #part or 0
+  local deadline = deadline_for(read_timeouts[skt])
+  local ready = true
+  while true do
+    if not ready then return nil, timeout_error(err), join(pieces, n) end
+    ready = wait_for(skt, direction(err, OP_READ), deadline)
+    if ready == nil then return nil, "closed", join(pieces, n) end
+    local data
+    data, err, part = skt:receive(count and count - got or pattern)
+    spend()
+    if data then
+      n = n + 1
+      pieces[n] = data
+      return join(pieces, n), nil, nil
+    end
+    if type(part) == "string" and part ~= "" then
+      n = n + 1
+      pieces[n] = part
+      got = got + #part
+    end
+    if not RETRY[err] then return nil, err, join(pieces, n) end
+  end
+end
+
+function copas.receive(skt, pattern, prefix)
+  check_socket(skt, 1, "receive")
+  skt = unwrap(skt)
+  pattern = pattern or "*l"
+  local data, err, part = skt:receive(pattern, prefix)
+  spend()
+  if data or not RETRY[err] then return data, err, part end
+  return receive_waiting(skt, pattern, err, part)
+end
+
+-- Like receive, but returns as soon as any new data arrived (with the socket's own error).
+function copas.receivepartial(skt, pattern, prefix)
+  check_socket(skt, 1, "receivepartial")
+  skt = unwrap(skt)
+  pattern = pattern or "*l"
+  local known = type(prefix) == "string" and #prefix or 0
+  local deadline, armed, ready
+  while true do
+    local data, err, part = skt:receive(pattern, prefix)
+    spend()
+    if data or not RETRY[err] then return data, err, part end
+    if type(part) == "string" and #part > known then return data, err, part end
+    if armed and not ready then return nil, timeout_error(err), part end
+    if not armed then deadline, armed = deadline_for(read_timeouts[skt]), true end
+    ready = wait_for(skt, direction(err, OP_READ), deadline)
+    if ready == nil then return nil, "closed", part end
+  end
+end
+copas.receivePartial = copas.receivepartial
+
+function copas.receivefrom(skt, size)
+  check_socket(skt, 1, "receivefrom")
+  skt = unwrap(skt)
+  size = size or UDP_DATAGRAM_MAX
+  local deadline, armed, ready
+  while true do
+    local data, err, port = skt:receivefrom(size)
+    spend()
+    if data or err ~= "timeout" then return data, err, port end
+    if armed and not ready then return nil, timeout_error(err), nil end
+    if not armed then deadline, armed = deadline_for(read_timeouts[skt]), true end
+    ready = wait_for(skt, OP_READ, deadline)
+    if ready == nil then return nil, "closed", nil end
+  end
+end
+
+function copas.send(skt, data, i, j)
+  check_socket(skt, 1, "send")
+  skt = unwrap(skt)
+  local last, err, sent = skt:send(data, i or 1, j)
+  spend()
+  if last or not RETRY[err] then return last, err, sent end
+  local deadline = deadline_for(send_timeouts[skt])
+  local ready = true
+  while true do
+    if not ready then return nil, timeout_error(err), sent end
+    ready = wait_for(skt, direction(err, OP_WRITE), deadline)
+    if ready == nil then return nil, "closed", sent end
+    local start = (sent or (i or 1) - 1) + 1
+    last, err, sent = skt:send(data, start, j)
+    spend()
+    if last or not RETRY[err] then return last, err, sent end
+  end
+end
+
+function copas.flush()
+end
+
+
+-------------------------------------------------------------------------------
+-- Names: looked up off the loop thread
+-------------------------------------------------------------------------------
+
+local function is_numeric_host(host)
+  return host:match("^%d+%.%d+%.%d+%.%d+$") ~= nil or host:find(":", 1, true) ~= nil
+end
+
+local function in_copas_thread()
+  local co, main = coroutine.running()
+  return co ~= nil and not main
+end
+
+-- The addresses of `host`, resolved on another thread while the loop goes on. Outside a copas
+-- thread (nothing could run meanwhile) and for numeric addresses, LuaSocket resolves as usual.
+local function addresses(host, deadline)
+  if type(host) ~= "string" or is_numeric_host(host) or host == "*" or not in_copas_thread() then
+    return { host }
+  end
+  local id = sched.resolve(host)
+  local ready = yield(TOKEN, OP_LOOKUP, id, deadline) == 1
+  local list, err = sched.lookup_result(id)
+  if list then return list end
+  if not ready then return nil, "timeout" end
+  return nil, err
+end
+
+-- Tries one address until connected, failed or out of time.
+local function connect_to(skt, host, port, deadline)
+  local tries, ready = 0, true
+  while true do
+    local ok, err = skt:connect(host, port)
+    tries = tries + 1
+    if ok or (err ~= "timeout" and err ~= "Operation already in progress") then
+      if err == "already connected" and tries > 1 then return 1 end   -- an async connect done
+      return ok, err
+    end
+    if not ready then return nil, timeout_error(err), true end
+    -- LuaSocket makes the descriptor on the first connect (of the address's family).
+    if watched_fd[skt] ~= current_fd(skt) then watched_fd[skt] = nil end
+    ready = wait_for(skt, OP_WRITE, deadline)
+    if ready == nil then return nil, "closed" end
+  end
+end
+
+function copas.connect(skt, host, port)
+  check_socket(skt, 1, "connect")
+  skt = unwrap(skt)
+  skt:settimeout(0)
+  local deadline = deadline_for(connect_timeouts[skt])
+  local list, err = addresses(host, deadline)
+  if not list then return nil, err end
+  local ok, timed_out
+  for i = 1, #list do
+    ok, err, timed_out = connect_to(skt, list[i], port, deadline)
+    if ok or timed_out or err == "already connected" then break end
+  end
+  return ok, err
+end
+
+function copas.sendto(skt, data, ip, port)
+  check_socket(skt, 1, "sendto")
+  skt = unwrap(skt)
+  local list, err = addresses(ip, nil)
+  if not list then return nil, err end
+  return skt:sendto(data, list[1], port)
+end
+
+local function setpeername(skt, host, ...)
+  local list, err = addresses(host, nil)
+  if not list then return nil, err end
+  return skt:setpeername(list[1], ...)
+end
+
+
+-------------------------------------------------------------------------------
+-- Closing
+-------------------------------------------------------------------------------
+
+-- Every thread waiting on the socket wakes and sees "closed"; the descriptor leaves epoll first.
+local function forget_socket(skt)
+  local fd = watched_fd[skt] or current_fd(skt)
+  watched_fd[skt] = nil
+  if fd then sched.close_fd(fd) end
+end
+
+function copas.close(skt, ...)
+  check_socket(skt, 1, "close")
+  if not is_wrapper(skt) then forget_socket(skt) end
+  return skt:close(...)
+end
+
+
+-------------------------------------------------------------------------------
+-- TLS through LuaSec
+-------------------------------------------------------------------------------
+
+local autoclose = setmetatable({}, { __mode = "k" })     -- handler coroutine -> client socket
+local autoclose_of = setmetatable({}, { __mode = "k" })  -- client socket -> handler coroutine
+
+local function is_tcp(skt)
+  local kind = tostring(skt):sub(1, 3)
+  return kind == "tcp" or kind == "SSL"
+end
+
+local ssl_params_mt = {
+  __index = function(_, key)
+    error("accessing unknown 'ssl_params' table key: " .. tostring(key), 2)
+  end,
+}
+
+local function normalize_sslt(sslt)
+  local t = type(sslt)
+  local r = setmetatable({ wrap = false, sni = false }, ssl_params_mt)
+  if sslt == nil then
+    return r
+  elseif t == "table" then
+    if sslt.mode or sslt.protocol then
+      r.wrap = sslt
+    else
+      r.wrap = sslt.wrap or false
+      r.sni = sslt.sni or false
+    end
+  elseif t == "userdata" then
+    r.wrap = sslt
+  else
+    error("ssl parameters; did not expect type " .. tostring(sslt), 3)
+  end
+  return r
+end
+
+local function ssl_wrap(skt, params)
+  if tostring(skt):sub(1, 3) == "SSL" then return skt end
+  if not params then
+    error("cannot wrap socket into a secure socket (using 'ssl.wrap()') without parameters/context", 3)
+  end
+  local ssl = require("ssl")
+  local nskt = assert(ssl.wrap(skt, params))
+  nskt:settimeout(0)
+  connect_timeouts[nskt], send_timeouts[nskt], read_timeouts[nskt] =
+    connect_timeouts[skt], send_timeouts[skt], read_timeouts[skt]
+  local co = autoclose_of[skt]
+  if co then
+    autoclose[co], autoclose_of[nskt], autoclose_of[skt] = nskt, co, nil
+  end
+  local name = names[skt]
+  if name ~= nil and name ~= tostring(skt) then names[nskt] = name end
+  -- LuaSec took over the descriptor: the raw object must not answer for it any more.
+  watched_fd[skt] = nil
+  return nskt
+end
+
+function copas.dohandshake(skt, wrap_params)
+  check_socket(skt, 1, "dohandshake")
+  skt = unwrap(skt)
+  local nskt = ssl_wrap(skt, wrap_params)
+  local deadline = deadline_for(connect_timeouts[nskt])
+  local ready = true
+  while true do
+    local ok, err = nskt:dohandshake()
+    if ok then return nskt end
+    if err ~= "wantread" and err ~= "wantwrite" then
+      error("TLS/SSL handshake failed: " .. tostring(err), 2)
+    end
+    if not ready then return nil, timeout_error(err) end
+    ready = wait_for(nskt, direction(err, OP_READ), deadline)
+    if ready == nil then error("TLS/SSL handshake failed: closed", 2) end
+  end
+end
+
+
+-------------------------------------------------------------------------------
+-- The socket wrapper
+-------------------------------------------------------------------------------
+
+-- A method of the inner socket under pcall: at most `n` results, or nil and `fallback` when
+-- it fails (LuaSec objects lack some of LuaSocket's methods).
+local function protected(name, n, fallback)
+  return function(self, ...)
+    local inner = self.socket
+    local ok, a, b, c = pcall(inner[name], inner, ...)
+    if not ok then return nil, fallback end
+    if n == 2 then return a, b end
+    return a, b, c
+  end
+end
+
+local function forwarded(name)
+  return function(self, ...)
+    local inner = self.socket
+    return inner[name](inner, ...)
+  end
+end
+
+local tcp_methods = {
+  send = function(self, data, i, j) return copas.send(self.socket, data, i, j) end,
+  receive = function(self, pattern, prefix)
+    if read_timeouts[self.socket] == 0 then
+      return copas.receivepartial(self.socket, pattern, prefix)
+    end
+    return copas.receive(self.socket, pattern, prefix)
+  end,
+  receivepartial = function(self, pattern, prefix)
+    return copas.receivepartial(self.socket, pattern, prefix)
+  end,
+  flush = function(self) copas.flush(self.socket) end,
+  settimeout = function(self, t) return copas.settimeout(self.socket, t) end,
+  settimeouts = function(self, c, s, r) return copas.settimeouts(self.socket, c, s, r) end,
+  connect = function(self, ...)
+    local res, err = copas.connect(self.socket, ...)
+    if res then
+      if self.ssl_params.sni then self:sni() end
+      if self.ssl_params.wrap then res, err = self:dohandshake() end
+    end
+    return res, err
+  end,
+  close = function(self, ...) return copas.close(self.socket, ...) end,
+  bind = forwarded("bind"),
+  listen = forwarded("listen"),
+  accept = forwarded("accept"),
+  shutdown = forwarded("shutdown"),
+  getstats = forwarded("getstats"),
+  setstats = forwarded("setstats"),
+  getsockname = protected("getsockname", 3, "not implemented by LuaSec"),
+  getpeername = protected("getpeername", 3, "not implemented by LuaSec"),
+  setoption = protected("setoption", 2, "not implemented by LuaSec"),
+  getoption = protected("getoption", 2, "not implemented by LuaSec"),
+  getalpn = protected("getalpn", 2, "not a tls socket"),
+  getsniname = protected("getsniname", 2, "not a tls socket"),
+  sni = function(self, names_, strict)
+    local sslp = self.ssl_params
+    self.socket = ssl_wrap(self.socket, sslp.wrap)
+    if names_ == nil then
+      names_ = sslp.sni.names
+      strict = sslp.sni.strict
+    end
+    return self.socket:sni(names_, strict)
+  end,
+  dohandshake = function(self, wrap_params)
+    local nskt, err = copas.dohandshake(self.socket, wrap_params or self.ssl_params.wrap)
+    if not nskt then return nskt, err end
+    self.socket = nskt
+    return self
+  end,
+}
+
+local function wrapped_tostring(self)
+  return tostring(self.socket) .. " (copas wrapped)"
+end
+
+tcp_mt = { __index = tcp_methods, __tostring = wrapped_tostring }
+
+local udp_methods = {}
+for k, v in pairs(tcp_methods) do udp_methods[k] = v end
+udp_methods.send = function(self, ...) return self.socket:send(...) end
+udp_methods.sendto = function(self, data, ip, port) return copas.sendto(self.socket, data, ip, port) end
+udp_methods.receive = function(self, size) return copas.receive(self.socket, size or UDP_DATAGRAM_MAX) end
+udp_methods.receivefrom = function(self, size) return copas.receivefrom(self.socket, size or UDP_DATAGRAM_MAX) end
+udp_methods.setpeername = function(self, ...) return setpeername(self.socket, ...) end
+udp_methods.setsockname = forwarded("setsockname")
+-- A UDP server's "client" is the server socket itself: closing it here would end the server.
+udp_methods.close = function() return true end
+
+udp_mt = { __index = udp_methods, __tostring = wrapped_tostring }
+
+function copas.wrap(skt, sslt)
+  check_socket(skt, 1, "wrap")
+  if is_wrapper(skt) then return skt end
+  skt:settimeout(0)
+  if is_tcp(skt) then
+    return setmetatable({ socket = skt, ssl_params = normalize_sslt(sslt) }, tcp_mt)
+  end
+  return setmetatable({ socket = skt }, udp_mt)
+end
+
+
+-------------------------------------------------------------------------------
+-- Servers
+-------------------------------------------------------------------------------
+
+local servers = setmetatable({}, { __mode = "k" })   -- server socket -> { handler, fd, count }
+local server_at = {}                                  -- fd -> server socket
+
+-- The core calls this for a server whose accept may succeed. 1: accepted one (try again next
+-- step); 0: nothing waiting; 2: accept failed (e.g. no descriptors left: retried a bit later).
+local function accept_one(fd)
+  local server = server_at[fd]
+  local srv = server and servers[server]
+  if not srv then return 0 end
+  local ok, client, err = pcall(server.accept, server)
+  if not (ok and client) then
+    return ok and err == "timeout" and 0 or 2
+  end
+  srv.count = srv.count + 1
+  local base = name_of(server)
+  names[client] = base .. ":client_" .. srv.count
+  client:settimeout(0)
+  copas.settimeouts(client, connect_timeouts[server] or huge, send_timeouts[server] or huge,
+                    read_timeouts[server] or huge)
+  local co = coroutine.create(srv.handler)
+  names[co] = base .. ":handler_" .. srv.count
+  if traced_exits then traced_exits[co] = true end
+  local id = sched.attach(co)
+  task_ids[co] = id
+  if copas.autoclose then
+    autoclose[co], autoclose_of[client] = client, co
+    sched.watch_exit(id)
+  end
+  sched.run_now(id, client)
+  return 1
+end
+sched.set_accept_hook(accept_one)
+
+-- Only an accepted client is closed when its handler ends (upstream issue #122).
+local function close_autoclosed(co)
+  local skt = autoclose[co]
+  if skt == nil then return end
+  autoclose[co], autoclose_of[skt] = nil, nil
+  forget_socket(skt)
+  skt:close()
+end
+
+sched.set_exit_hook(function(co)
+  errhandlers[co] = nil
+  close_autoclosed(co)
+end)
+
+local function as_function(handler)
+  if type(handler) == "function" then return handler end
+  return function(...) return handler(...) end
+end
+
+function copas.addserver(server, handler, timeout, name)
+  check_socket(server, 1, "addserver")
+  if not is_callable(handler) then argerror(2, "addserver", "function", handler) end
+  if name ~= nil and type(name) ~= "string" then argerror(4, "addserver", "string", name) end
+  server:settimeout(0)
+  if name then names[server] = name end
+  local fd = current_fd(server)
+  if fd == nil then error("bad argument #1 to 'addserver' (socket has no descriptor)", 2) end
+  if is_tcp(server) then
+    servers[server] = { handler = as_function(handler), fd = fd, count = 0 }
+    server_at[fd] = server
+    sched.add_server(fd, false)
+    watched_fd[server], fd_socket[fd] = fd, server
+    if timeout then copas.settimeout(server, timeout) end   -- a non-number is ignored, as upstream
+  else
+    local co = coroutine.create(as_function(handler))
+    names[co] = name_of(server) .. ":handler"
+    sched.add_server(fd, true)
+    watched_fd[server], fd_socket[fd] = fd, server
+    if timeout then copas.settimeout(server, timeout) end
+    local id = sched.attach(co)
+    task_ids[co] = id
+    sched.run_now(id, server)
+  end
+end
+
+function copas.removeserver(server, keep_open)
+  check_socket(server, 1, "removeserver")
+  local skt = unwrap(server)
+  local srv = servers[skt]
+  local fd = srv and srv.fd or watched_fd[skt]
+  servers[skt] = nil
+  if fd then
+    if server_at[fd] == skt then server_at[fd] = nil end
+    sched.remove_server(fd)
+  end
+  if keep_open then return true end
+  return server:close()
+end
+
+function copas.handler(handler, sslparams)
+  if not is_callable(handler) then argerror(1, "handler", "function", handler) end
+  return function(skt, ...)
+    skt = copas.wrap(skt, sslparams)
+    local sslp = skt.ssl_params
+    if sslp.sni then skt:sni(sslp.sni.names, sslp.sni.strict) end
+    if sslp.wrap then
+      -- Upstream runs the handler even after a handshake timeout, on a socket that is not TLS.
+      if not skt:dohandshake(sslp.wrap) then return end
+    end
+    return handler(skt, ...)
+  end
+end
+
+
+-------------------------------------------------------------------------------
 -- The loop, exit signalling, status
 -------------------------------------------------------------------------------
 
@@ -426,7 +1045,13 @@ function copas.loop(initializer, timeout)
 end
 
 function copas.cancelall()
+  local busy = {}
+  for skt, fd in pairs(watched_fd) do
+    if sched.fd_busy(fd) and not servers[skt] then busy[#busy + 1] = skt end
+  end
   sched.cancel_all()
+  for server in pairs(servers) do copas.removeserver(server) end
+  for i = 1, #busy do copas.close(busy[i]) end
   for co, id in pairs(task_ids) do
     if not sched.alive(id) and coroutine.status(co) ~= "dead" then removed[co] = true end
   end
@@ -448,8 +1073,7 @@ function copas.status(enable_stats)
   res.timeout = copas.gettimeouts()
   res.timer = sleeping
   res.inactive = forever
-  res.read = 0
-  res.write = 0
+  res.read, res.write = sched.io_counts()
   res.active = active
   return res
 end
@@ -479,6 +1103,10 @@ local function trace_line(logger, with_core)
       logger("yielding '", name, "' to SLEEP for ", as_logged(seconds), " seconds")
     elseif op == OP_FOREVER then
       logger("yielding '", name, "' to SLEEP for ", -1, " seconds")
+    elseif op == OP_READ or op == OP_WRITE then
+      local skt = fd_socket[seconds]
+      logger("yielding '", name, "' to ", op == OP_READ and "READ" or "WRITE", " on '",
+             skt and copas.getsocketname(skt) or tostring(seconds), "'")
     end
   end
 end
@@ -491,6 +1119,85 @@ end
 function copas.debug.stop()
   traced_exits = nil
   sched.set_tracer(nil)
+end
+
+-- Names for the arguments and results of the calls debug.socket prints; others are numbered.
+local CALL_LABELS = {
+  settimeout_in = { "socket", "seconds", "mode" },
+  connect_in = { "socket", "address", "port" },
+  connect_out = { "success", "error" },
+  send_in = { "socket", "data", "start index", "end index" },
+  send_out = { "last index sent", "error", "last index sent on error" },
+  receive_in = { "socket", "pattern", "prefix" },
+  receive_out = { "received", "error", "partial data" },
+  getfd_out = { "fd" },
+  close_out = { "success", "error" },
+}
+
+local function print_call(labels, header, ...)
+  print(header)
+  local n = select("#", ...)
+  labels = labels or {}
+  for i = 1, math.max(n, #labels) do
+    local v = select(i, ...)
+    local label = labels[i] or i
+    if type(v) == "string" then
+      local shown = v:sub(1, 30)
+      if shown ~= v then shown = shown .. "(...truncated)" end
+      print(("\t%s: '%s' (string #%d)"):format(label, shown, #v))
+    else
+      print(("\t%s: '%s' (%s)"):format(label, tostring(v), type(v)))
+    end
+  end
+end
+
+local call_count = 0
+local debug_socket_mt = {
+  __index = function(self, key)
+    local original = self.__original_socket
+    local value = original[key]
+    if type(value) ~= "function" then return value end
+    return function(this, ...)
+      call_count = call_count + 1
+      local id = call_count
+      local target = this == self and original or this
+      local k = tostring(key)
+      print_call(CALL_LABELS[k .. "_in"], id .. "-calling '" .. k .. "' with; ", target, ...)
+      local results = { n = 0 }
+      local function keep(...) results = { n = select("#", ...), ... } end
+      keep(value(target, ...))
+      print_call(CALL_LABELS[k .. "_out"], id .. "-results '" .. k .. "' returned; ",
+                 unpack(results, 1, results.n))
+      return unpack(results, 1, results.n)
+    end
+  end,
+  __tostring = function(self) return tostring(self.__original_socket) end,
+}
+
+-- A proxy that prints every call made on the socket (a wrapper gets its inner socket proxied).
+function copas.debug.socket(skt)
+  if is_wrapper(skt) then
+    skt.socket = copas.debug.socket(skt.socket)
+    return skt
+  end
+  check_socket(skt, 1, "socket")
+  return setmetatable({ __original_socket = skt }, debug_socket_mt)
+end
+
+-- Upstream's tests/tcptimeout.lua checks, with _TEST set, that a thread that timed out on a
+-- socket is not kept in upstream's per-thread socket registers. Here a thread's socket state is
+-- its wait in the core; these views show a thread for as long as it waits on a socket.
+if _G._TEST then
+  local waiting_view = setmetatable({}, {
+    __index = function(_, co)
+      local id = task_ids[co]
+      if id and sched.io_waiting(id) then return true end
+      return nil
+    end,
+  })
+  copas._socket_register = waiting_view
+  copas._operation_register = waiting_view
+  copas._timeout_flags = waiting_view
 end
 
 

@@ -13,6 +13,7 @@ PACKAGES=(
   liblua5.1-0-dev liblua5.2-dev liblua5.3-dev liblua5.4-dev libluajit-5.1-dev  # lua.h to build
   libssl-dev pkg-config gcc make            # TLS in the core, linking the cdylib
   coreutils                                 # timeout
+  iproute2 util-linux openssl               # the DNS spec's namespaces; test certificates
 )
 
 if ! command -v dpkg-query >/dev/null 2>&1; then

@@ -15,16 +15,15 @@ local helper = require("spec.helper")
 local system = require("system")
 local clock = system.gettime
 
--- The socket API (addserver, close, connect, dohandshake, flush, handler, receive,
--- receivePartial, receivefrom, receivepartial, removeserver, send, sendto, settimeout,
--- settimeouts, useSocketTimeoutErrors, wrap, debug.socket) joins this list, and its message
--- specs below, with issue #3 (commit 701d50c has them).
 local PUBLIC = {
-  "addnamedthread", "addthread", "cancelall", "exit", "exiting", "finished", "geterrorhandler",
-  "getsocketname", "getthreadname", "gettime", "gettimeouts", "gettraceback", "loop", "pause",
-  "pauseforever", "removethread", "setErrorHandler", "seterrorhandler", "setsocketname",
-  "setthreadname", "sleep", "status", "step", "timeout", "waitforexit", "wakeup",
-  "debug.start", "debug.stop",
+  "addnamedthread", "addserver", "addthread", "cancelall", "close", "connect", "dohandshake",
+  "exit", "exiting", "finished", "flush", "geterrorhandler", "getsocketname", "getthreadname",
+  "gettime", "gettimeouts", "gettraceback", "handler", "loop", "pause", "pauseforever", "receive",
+  "receivePartial", "receivefrom", "receivepartial", "removeserver", "removethread", "send",
+  "sendto", "setErrorHandler", "seterrorhandler", "setsocketname", "setthreadname", "settimeout",
+  "settimeouts", "sleep", "status", "step", "timeout", "useSocketTimeoutErrors",
+  "usesockettimeouterrors", "waitforexit", "wakeup", "wrap", "debug.start", "debug.stop",
+  "debug.socket",
 }
 
 -- The script each child interpreter runs; FN is the function's path in the copas table.
@@ -380,6 +379,59 @@ describe("wrong argument types", function()
     end
   end)
 
+  it("settimeout returns nil, \"timeout must be 'nil' or a number\" for a non-number", function()
+    for _, v in ipairs({ "1", true, {}, print }) do
+      local r1, r2 = copas.settimeout({}, v)
+      assert.is_nil(r1)
+      assert.equal("timeout must be 'nil' or a number", r2)
+    end
+  end)
+
+  it("settimeouts returns nil and a message naming the bad timeout", function()
+    local r1, r2 = copas.settimeouts({}, "x")
+    assert.is_nil(r1)
+    assert.equal("connect timeout must be 'nil' or a number", r2)
+    r1, r2 = copas.settimeouts({}, nil, true)
+    assert.is_nil(r1)
+    assert.equal("send timeout must be 'nil' or a number", r2)
+    r1, r2 = copas.settimeouts({}, nil, nil, {})
+    assert.is_nil(r1)
+    assert.equal("read timeout must be 'nil' or a number", r2)
+  end)
+
+  it("wrap, close, sendto and removeserver raise for non-socket values", function()
+    for _, v in ipairs({ 42, "s", {}, print, true }) do
+      assert.has_error(function() copas.wrap(v) end, nil, "wrap " .. tostring(v))
+      assert.has_error(function() copas.close(v) end, nil, "close " .. tostring(v))
+      assert.has_error(function() copas.sendto(v, "x", "127.0.0.1", 9) end, nil, "sendto " .. tostring(v))
+      assert.has_error(function() copas.removeserver(v) end, nil, "removeserver " .. tostring(v))
+    end
+  end)
+
+  it("wrap names the bad argument in Lua's words", function()
+    assert.has_error(function() copas.wrap(nil) end, "bad argument #1 to 'wrap' (socket expected, got nil)")
+    assert.has_error(function() copas.wrap(42) end, "bad argument #1 to 'wrap' (socket expected, got number)")
+  end)
+
+  it("receive, send, connect and receivefrom on non-socket values end the thread with an error", function()
+    for _, name in ipairs({ "receive", "receivepartial", "send", "connect", "receivefrom" }) do
+      for _, v in ipairs({ 42, "s", {}, print, true }) do
+        local outcome, msg = in_thread(copas, copas[name], v, "x", 1)
+        assert.equal("error", outcome, name .. "(" .. tostring(v) .. ")")
+        assert.is_string(msg)
+      end
+    end
+  end)
+
+  it("addserver raises for non-socket values and registers nothing", function()
+    for _, v in ipairs({ 42, "s", {}, true }) do
+      assert.has_error(function() copas.addserver(v, function() end) end, nil, tostring(v))
+    end
+    local s = copas.status()
+    assert.equal(0, s.read)
+    assert.equal(0, s.write)
+  end)
+
   it("debug.start with a non-function logger raises at once or keeps the loop working", function()
     for _, v in ipairs({ 42, "log", {}, true }) do
       local c = helper.fresh_copas()
@@ -399,6 +451,7 @@ describe("wrong argument types", function()
     assert.has_no.errors(function() copas.gettimeouts(unpack(g)) end)
     assert.has_no.errors(function() copas.exiting(unpack(g)) end)
     assert.has_no.errors(function() copas.gettime(unpack(g)) end)
+    assert.has_no.errors(function() copas.flush(unpack(g)) end)
     assert.has_no.errors(function() copas.debug.stop(unpack(g)) end)
   end)
 end)

@@ -4,19 +4,21 @@
 //! (a table of functions over shared state). `lua/copas.lua` makes one per load, so reloading
 //! copas gives a fresh instance, as upstream.
 
+mod dns;
 mod raw;
 mod reactor;
 mod resume;
 mod scheduler;
+mod sockets;
 mod stats;
 mod timers;
 
 use std::os::raw::c_void;
 use std::rc::Rc;
 
-use mlua::{Function, LightUserData, Lua, Table, Thread};
+use mlua::{Function, LightUserData, Lua, Table, Thread, Value};
 
-use scheduler::{Core, OP_FOREVER, OP_PAUSE, OP_TIMER_DONE};
+use scheduler::{Core, OP_FOREVER, OP_LOOKUP, OP_PAUSE, OP_READ, OP_TIMER_DONE, OP_WRITE};
 
 /// Its address marks a yield as coming from the copas shim.
 static TOKEN: u8 = 0;
@@ -34,6 +36,9 @@ fn copas_core(lua: &Lua) -> mlua::Result<Table> {
     module.set("OP_PAUSE", OP_PAUSE)?;
     module.set("OP_FOREVER", OP_FOREVER)?;
     module.set("OP_TIMER_DONE", OP_TIMER_DONE)?;
+    module.set("OP_READ", OP_READ)?;
+    module.set("OP_WRITE", OP_WRITE)?;
+    module.set("OP_LOOKUP", OP_LOOKUP)?;
     module.set(
         "gettime",
         lua.create_function(|_, ()| Ok(stats::epoch_seconds()))?,
@@ -146,5 +151,71 @@ fn new_instance(lua: &Lua) -> mlua::Result<Table> {
     add(lua, &t, &core, "take_stats", |_, c, out: Table| {
         c.take_stats(&out)
     })?;
+    add_socket_functions(lua, &t, &core)?;
     Ok(t)
+}
+
+/// A descriptor from Lua: `getfd()` gives a float on 5.3+ and -1 for none.
+fn fd_arg(x: f64) -> i32 {
+    if x.is_finite() && x >= 0.0 && x < i32::MAX as f64 {
+        x as i32
+    } else {
+        -1
+    }
+}
+
+fn add_socket_functions(lua: &Lua, t: &Table, core: &Rc<Core>) -> mlua::Result<()> {
+    add(lua, t, core, "now", |_, c, ()| Ok(c.now()))?;
+    add(lua, t, core, "watch", |_, c, fd: f64| c.watch(fd_arg(fd)))?;
+    add(lua, t, core, "close_fd", |_, c, fd: f64| {
+        c.close_fd(fd_arg(fd));
+        Ok(())
+    })?;
+    add(
+        lua,
+        t,
+        core,
+        "add_server",
+        |_, c, (fd, udp): (f64, bool)| c.add_server(fd_arg(fd), udp),
+    )?;
+    add(lua, t, core, "remove_server", |_, c, fd: f64| {
+        c.remove_server(fd_arg(fd));
+        Ok(())
+    })?;
+    add(lua, t, core, "fd_busy", |_, c, fd: f64| {
+        Ok(c.fd_busy(fd_arg(fd)))
+    })?;
+    add(lua, t, core, "io_waiting", |_, c, id: i64| {
+        Ok(c.io_waiting(id))
+    })?;
+    add(lua, t, core, "io_counts", |_, c, ()| Ok(c.io_counts()))?;
+    add(lua, t, core, "attach", |_, c, co: Thread| c.attach(co))?;
+    add(
+        lua,
+        t,
+        core,
+        "run_now",
+        |lua, c, (id, arg): (i64, Value)| c.run_now(lua, id, arg),
+    )?;
+    add(
+        lua,
+        t,
+        core,
+        "set_accept_hook",
+        |_, c, f: Option<Function>| {
+            c.set_accept_hook(f);
+            Ok(())
+        },
+    )?;
+    add(lua, t, core, "resolve", |_, c, host: String| {
+        c.resolve(host)
+    })?;
+    add(lua, t, core, "lookup_result", |lua, c, id: i64| {
+        match c.lookup_result(id) {
+            Some(Ok(addrs)) => Ok((Value::Table(lua.create_sequence_from(addrs)?), Value::Nil)),
+            Some(Err(msg)) => Ok((Value::Nil, Value::String(lua.create_string(msg)?))),
+            None => Ok((Value::Nil, Value::Nil)),
+        }
+    })?;
+    Ok(())
 }

@@ -12,8 +12,12 @@ use mlua::{Lua, RegistryKey, Table, Value};
 
 /// What a resumed coroutine did.
 pub enum Outcome {
-    /// Yielded `(TOKEN, op, arg)`: a wait request from the copas shim.
-    Wait { op: i64, arg: Option<f64> },
+    /// Yielded `(TOKEN, op, arg, arg2)`: a wait request from the copas shim.
+    Wait {
+        op: i64,
+        arg: Option<f64>,
+        arg2: Option<f64>,
+    },
     /// Yielded anything else: user code called `coroutine.yield` itself.
     ForeignYield,
     /// The body returned.
@@ -22,28 +26,56 @@ pub enum Outcome {
     Failed(Value),
 }
 
-/// The error object leaves the coroutine through slot 1 of this table, so that mlua can hand it
-/// over as a `Value` without converting it.
-pub struct ErrorBox {
+/// What a resume passes to the coroutine.
+pub enum Arg {
+    Nothing,
+    /// A number, passed only to a coroutine that yielded (a fresh one starts without it).
+    Number(f64),
+    /// The value put into the box with `ValueBox::put_arg`, passed in any case.
+    Boxed,
+}
+
+/// Values cross between Lua and the raw resume through this table: the error object leaves the
+/// coroutine through slot 1 (so mlua hands it over as a `Value` without converting it), and a
+/// resume argument other than a number enters through slot 2.
+pub struct ValueBox {
     table: Table,
     key: RegistryKey,
 }
 
-impl ErrorBox {
+const ERROR_SLOT: i32 = 1;
+const ARG_SLOT: i32 = 2;
+
+impl ValueBox {
     pub fn new(lua: &Lua) -> mlua::Result<Self> {
         let table = lua.create_table()?;
         let key = lua.create_registry_value(table.clone())?;
-        Ok(ErrorBox { table, key })
+        Ok(ValueBox { table, key })
     }
 
     fn take(&self) -> Value {
-        let v = self.table.raw_get(1).unwrap_or(Value::Nil);
-        let _ = self.table.raw_set(1, Value::Nil);
+        let v = self.table.raw_get(ERROR_SLOT).unwrap_or(Value::Nil);
+        let _ = self.table.raw_set(ERROR_SLOT, Value::Nil);
         v
+    }
+
+    pub fn put_arg(&self, v: Value) -> mlua::Result<()> {
+        self.table.raw_set(ARG_SLOT, v)
+    }
+
+    /// Moves the boxed argument onto `l`'s stack and empties the slot.
+    ///
+    /// SAFETY (caller): `l` is a valid lua_State with room for two more values.
+    unsafe fn push_arg(&self, l: *mut ffi::lua_State) {
+        ffi::lua_rawgeti(l, ffi::LUA_REGISTRYINDEX, self.key.id() as _);
+        ffi::lua_rawgeti(l, -1, ARG_SLOT as _);
+        ffi::lua_pushnil(l);
+        ffi::lua_rawseti(l, -3, ARG_SLOT as _);
+        ffi::lua_remove(l, -2);
     }
 }
 
-/// Resumes `co`, passing `arg` (the elapsed wait) unless this is its first run.
+/// Resumes `co` with `arg`.
 ///
 /// # Safety
 /// `l` must be the lua_State of a coroutine that stays referenced (alive) during the call.
@@ -51,8 +83,8 @@ pub unsafe fn resume(
     lua: &Lua,
     l: *mut ffi::lua_State,
     token: *mut c_void,
-    arg: Option<f64>,
-    errors: &ErrorBox,
+    arg: Arg,
+    values: &ValueBox,
 ) -> Outcome {
     // SAFETY: per the contract above `l` is valid; its stack is only touched through the C API
     // while it is suspended (checked first), and left with nothing of ours on it.
@@ -61,12 +93,18 @@ pub unsafe fn resume(
             return Outcome::Failed(lua.create_string(msg).map_or(Value::Nil, Value::String));
         }
         let mut nargs: c_int = 0;
-        if let Some(x) = arg {
-            if ffi::lua_status(l) == ffi::LUA_YIELD {
+        match arg {
+            Arg::Number(x) if ffi::lua_status(l) == ffi::LUA_YIELD => {
                 ffi::lua_checkstack(l, 1);
                 ffi::lua_pushnumber(l, x);
                 nargs = 1;
             }
+            Arg::Boxed => {
+                ffi::lua_checkstack(l, 2);
+                values.push_arg(l);
+                nargs = 1;
+            }
+            _ => {}
         }
         let mut nres: c_int = 0;
         let rc = ffi::lua_resume(l, ptr::null_mut(), nargs, &mut nres);
@@ -83,11 +121,11 @@ pub unsafe fn resume(
             _ => {
                 // The error object is on top of the dead coroutine's stack.
                 ffi::lua_checkstack(l, 2);
-                ffi::lua_rawgeti(l, ffi::LUA_REGISTRYINDEX, errors.key.id() as _);
+                ffi::lua_rawgeti(l, ffi::LUA_REGISTRYINDEX, values.key.id() as _);
                 ffi::lua_insert(l, -2);
-                ffi::lua_rawseti(l, -2, 1);
+                ffi::lua_rawseti(l, -2, ERROR_SLOT as _);
                 ffi::lua_pop(l, 1);
-                Outcome::Failed(errors.take())
+                Outcome::Failed(values.take())
             }
         }
     }
@@ -125,11 +163,18 @@ unsafe fn decode_wait(l: *mut ffi::lua_State, nres: c_int, token: *mut c_void) -
     if isnum == 0 {
         return Outcome::ForeignYield;
     }
-    let arg = if nres >= 3 {
-        let x = ffi::lua_tonumberx(l, -nres + 2, &mut isnum);
-        (isnum != 0).then_some(x)
-    } else {
-        None
+    let number_at = |i: c_int| {
+        if nres > i {
+            let mut isnum: c_int = 0;
+            let x = ffi::lua_tonumberx(l, -nres + i, &mut isnum);
+            (isnum != 0).then_some(x)
+        } else {
+            None
+        }
     };
-    Outcome::Wait { op, arg }
+    Outcome::Wait {
+        op,
+        arg: number_at(2),
+        arg2: number_at(3),
+    }
 }

@@ -8,23 +8,43 @@
 //! borrow is held across a resume: the coroutine calls back into this module.
 
 use std::cell::RefCell;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::RawFd;
 use std::os::raw::c_void;
 use std::time::Duration;
 
 use mlua::{ffi, Function, Lua, LuaString, Table, Thread, Value};
 use slab::Slab;
 
+use crate::dns::{Answer, Resolver};
 use crate::raw::SlotClearer;
-use crate::reactor::Reactor;
-use crate::resume::{resume, ErrorBox, Outcome};
+use crate::reactor::{Reactor, Ready};
+use crate::resume::{resume, Arg, Outcome, ValueBox};
+use crate::sockets::{Server, Sockets, TaskRef};
 use crate::stats::Stats;
 use crate::timers::{Deadlines, Entry, Target};
 
-/// Yield opcodes: `coroutine.yield(TOKEN, op, arg)`.
+/// Yield opcodes: `coroutine.yield(TOKEN, op, arg, arg2)`.
 pub const OP_PAUSE: i64 = 1;
 pub const OP_FOREVER: i64 = 2;
 pub const OP_TIMER_DONE: i64 = 3;
+/// Wait until fd `arg` is readable (writable), or until the monotonic deadline `arg2` (seconds,
+/// see `Core::now`). The yield returns 1 when the fd is worth a retry, 0 on the deadline.
+pub const OP_READ: i64 = 4;
+pub const OP_WRITE: i64 = 5;
+/// Wait for name lookup `arg` to finish, or until the deadline `arg2`; returns as OP_READ.
+pub const OP_LOOKUP: i64 = 6;
+
+/// A wait at least this long (with nothing happening) counts as idle.
+const IDLE_WAIT: Duration = Duration::from_millis(100);
+const IDLE_GC_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long an accept that failed (descriptors ran out) waits before it is tried again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// What the shim's accept hook reports.
+const ACCEPTED: i64 = 1;
+const ACCEPT_FAILED: i64 = 2;
 
 const FOREIGN_YIELD: &str =
     "coroutine.yield was called without a resume first, user-code cannot yield to Copas";
@@ -63,6 +83,27 @@ enum Wait {
     Forever {
         weak: bool,
     },
+    /// Waiting for readiness of `fd`, at most until `at`.
+    Io {
+        fd: RawFd,
+        write: bool,
+        at: Option<u64>,
+    },
+    /// Waiting for a name lookup, at most until `at`.
+    Lookup {
+        id: u64,
+        at: Option<u64>,
+    },
+}
+
+impl Wait {
+    fn deadline(&self) -> Option<u64> {
+        match *self {
+            Wait::Sleeping(at) => Some(at),
+            Wait::Io { at, .. } | Wait::Lookup { at, .. } => at,
+            _ => None,
+        }
+    }
 }
 
 struct Task {
@@ -73,6 +114,8 @@ struct Task {
     /// Call the exit hook when the task ends (set by the shim: error handler, autoclose).
     notify_exit: bool,
     wait: Wait,
+    /// After an I/O or lookup wait: whether it ended by readiness (true) or by its deadline.
+    io_result: Option<bool>,
     /// Monotonic time of the last yield, to report the elapsed wait on resume.
     since: u64,
     /// The coroutine's lua_State. Valid while `Store::threads` holds the coroutine, which it does
@@ -94,12 +137,19 @@ struct Sched {
     next_gen: u32,
     sleeping: usize,
     forever: usize,
+    /// Tasks in an I/O wait.
+    io_waiting: usize,
     forever_at_sweep: usize,
     /// `step_now` of the last pass that moved long forever-sleepers to the weak table.
     last_demotion: u64,
+    /// Monotonic time of the last idle garbage collection.
+    last_idle_gc: u64,
     /// The clock read once per step; yields and resumes within the step use it.
     step_now: u64,
     reactor: Reactor,
+    sockets: Sockets,
+    resolver: Resolver,
+    lookup_waiters: HashMap<u64, TaskRef>,
     stats: Stats,
 }
 
@@ -113,6 +163,20 @@ impl Sched {
         self.tasks.get_mut(key).filter(|t| t.gen == gen)
     }
 
+    /// A deadline in seconds of `Core::now` as heap time.
+    fn deadline_at(&self, seconds: Option<f64>) -> Option<u64> {
+        let s = seconds.filter(|s| s.is_finite())?;
+        Some(Duration::try_from_secs_f64(s.max(0.0)).ok()?.as_nanos() as u64)
+    }
+
+    fn push_deadline(&mut self, key: usize, at: Option<u64>) {
+        if let Some(at) = at {
+            let gen = self.tasks[key].gen;
+            self.deadlines.push(at, Target::Task(key), gen);
+            self.compact();
+        }
+    }
+
     /// Takes a task out of whatever wait it is in, keeping the counters right.
     fn leave_wait(&mut self, key: usize) {
         let Some(t) = self.tasks.get_mut(key) else {
@@ -121,9 +185,48 @@ impl Sched {
         match t.wait {
             Wait::Sleeping(_) | Wait::SleepingUnbounded => self.sleeping -= 1,
             Wait::Forever { .. } => self.forever -= 1,
+            Wait::Io { .. } => self.io_waiting -= 1,
+            Wait::Lookup { id, .. } => {
+                self.lookup_waiters.remove(&id);
+            }
             _ => {}
         }
         t.wait = Wait::Running;
+    }
+
+    /// True while a socket, server or lookup could still wake the loop.
+    fn has_sources(&self) -> bool {
+        self.io_waiting > 0 || self.sockets.servers() > 0 || self.resolver.pending() > 0
+    }
+
+    /// Ends an I/O or lookup wait: the task becomes ready (queued unless `queue` is false: the
+    /// caller runs it at once), and its yield returns whether it was readiness.
+    fn end_io_wait(&mut self, key: usize, ready: bool, queue: bool) {
+        self.leave_wait(key);
+        let t = &mut self.tasks[key];
+        t.wait = Wait::Ready;
+        t.io_result = Some(ready);
+        if queue {
+            self.ready.push_back((key, t.gen));
+        }
+    }
+
+    /// The waiters in `list` still waiting on this fd and direction, made ready to run now.
+    fn claim_waiters(&mut self, list: Vec<TaskRef>, fd: RawFd, write: bool) -> Vec<TaskRef> {
+        let mut claimed = Vec::with_capacity(list.len());
+        for (key, gen) in list {
+            let waiting = matches!(self.task(key, gen),
+                Some(t) if matches!(t.wait, Wait::Io { fd: f, write: w, .. } if f == fd && w == write));
+            if waiting {
+                self.end_io_wait(key, true, false);
+                claimed.push((key, gen));
+            }
+        }
+        claimed
+    }
+
+    fn waits_on(&self, task: &TaskRef) -> bool {
+        matches!(self.tasks.get(task.0), Some(t) if t.gen == task.1 && matches!(t.wait, Wait::Io { .. }))
     }
 
     /// Drops a task's record (its coroutine is the caller's business).
@@ -142,7 +245,7 @@ impl Sched {
     fn is_live(&self, e: &Entry) -> bool {
         match e.target() {
             Target::Task(k) => matches!(self.tasks.get(k),
-                Some(t) if t.gen == e.gen() && t.wait == Wait::Sleeping(e.at)),
+                Some(t) if t.gen == e.gen() && t.wait.deadline() == Some(e.at)),
             Target::Timer(k) => matches!(self.timers.get(k), Some(t) if t.gen == e.gen()),
         }
     }
@@ -161,7 +264,7 @@ impl Sched {
     /// How long the loop may wait: 0 with work ready, else until the next deadline, capped by
     /// the caller's timeout (negative means none: upstream's select would block for ever there).
     fn wait_time(&mut self, timeout: Option<f64>) -> Option<Duration> {
-        if !self.ready.is_empty() {
+        if !self.ready.is_empty() || !self.sockets.accept_again.is_empty() {
             return Some(Duration::ZERO);
         }
         self.drop_dead_heads();
@@ -170,7 +273,12 @@ impl Sched {
             .and_then(|t| Duration::try_from_secs_f64(t).ok());
         // Rounded up to whole milliseconds: epoll waits in milliseconds anyway, and sleepers due
         // within one millisecond then wake in one step instead of one step (and syscall) each.
-        let next = self.deadlines.earliest().map(|at| {
+        let backoff = self.sockets.backoff.iter().map(|(_, at)| *at).min();
+        let earliest = match (self.deadlines.earliest(), backoff) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let next = earliest.map(|at| {
             let ns = at.saturating_sub(self.deadlines.now());
             Duration::from_millis(ns.div_ceil(1_000_000))
         });
@@ -180,7 +288,7 @@ impl Sched {
             // With no deadline and no socket nothing can end the wait early, and nothing can
             // happen during it: return at once (loop(timeout) would otherwise sit out its
             // timeout on the way out, where upstream waits one 0.1 s tick).
-            (_, None) if !self.reactor.has_sources() => Some(Duration::ZERO),
+            (_, None) if !self.has_sources() => Some(Duration::ZERO),
             (u, None) => u,
         }
     }
@@ -206,11 +314,43 @@ impl Sched {
                 continue;
             }
             match e.target() {
-                Target::Task(k) => self.make_ready(k),
+                Target::Task(k) => self.expire_task(k),
                 Target::Timer(k) => due_timers.push((k, self.timers[k].gen)),
             }
         }
         due_timers
+    }
+}
+
+impl Sched {
+    /// A task's deadline passed: a sleeper wakes; an I/O waiter leaves its fd's list (so later
+    /// readiness never resumes it, upstream bug #208) and its yield returns 0.
+    fn expire_task(&mut self, key: usize) {
+        match self.tasks[key].wait {
+            Wait::Io { fd, write, .. } => {
+                let gen = self.tasks[key].gen;
+                self.sockets.remove_waiter(fd, write, (key, gen));
+                self.end_io_wait(key, false, true);
+            }
+            Wait::Lookup { .. } => self.end_io_wait(key, false, true),
+            _ => self.make_ready(key),
+        }
+    }
+
+    /// Servers to accept on this step: those that accepted last step and those whose backoff
+    /// after a failed accept is over.
+    fn servers_to_retry(&mut self) -> Vec<RawFd> {
+        let mut fds = std::mem::take(&mut self.sockets.accept_again);
+        if !self.sockets.backoff.is_empty() {
+            let now = self.deadlines.now();
+            self.sockets.backoff.retain(|&(fd, at)| {
+                if at <= now {
+                    fds.push(fd);
+                }
+                at > now
+            });
+        }
+        fds
     }
 }
 
@@ -223,6 +363,7 @@ struct Store {
 struct Hooks {
     on_error: Option<Function>,
     on_exit: Option<Function>,
+    on_accept: Option<Function>,
     tracer: Option<Function>,
     core_timer_factory: Option<Function>,
     core_timer: Option<Thread>,
@@ -253,7 +394,7 @@ pub struct Core {
     keys: Keys,
     store: Store,
     hooks: RefCell<Hooks>,
-    errors: ErrorBox,
+    values: ValueBox,
     token: *mut c_void,
 }
 
@@ -275,10 +416,15 @@ impl Core {
                 next_gen: 0,
                 sleeping: 0,
                 forever: 0,
+                io_waiting: 0,
                 forever_at_sweep: 0,
                 last_demotion: 0,
+                last_idle_gc: 0,
                 step_now: 0,
                 reactor: Reactor::new(),
+                sockets: Sockets::default(),
+                resolver: Resolver::new(),
+                lookup_waiters: HashMap::new(),
                 stats: Stats::default(),
             }),
             keys: Keys {
@@ -289,11 +435,12 @@ impl Core {
             hooks: RefCell::new(Hooks {
                 on_error: None,
                 on_exit: None,
+                on_accept: None,
                 tracer: None,
                 core_timer_factory: None,
                 core_timer: None,
             }),
-            errors: ErrorBox::new(lua)?,
+            values: ValueBox::new(lua)?,
             token,
         })
     }
@@ -344,6 +491,7 @@ impl Core {
             started: wait == Wait::Running,
             notify_exit: false,
             wait,
+            io_result: None,
             since: 0,
             state,
         });
@@ -392,7 +540,11 @@ impl Core {
         let canceled = t.canceled;
         if matches!(
             t.wait,
-            Wait::Sleeping(_) | Wait::SleepingUnbounded | Wait::Forever { .. }
+            Wait::Sleeping(_)
+                | Wait::SleepingUnbounded
+                | Wait::Forever { .. }
+                | Wait::Io { .. }
+                | Wait::Lookup { .. }
         ) {
             drop(s);
             self.discard(key);
@@ -537,7 +689,8 @@ impl Core {
         let s = self.sched.borrow();
         s.ready.is_empty()
             && s.sleeping == 0
-            && !s.reactor.has_sources()
+            && !s.has_sources()
+            && s.sockets.accept_again.is_empty()
             && (s.forever == 0 || s.timers.is_empty())
     }
 
@@ -573,13 +726,31 @@ impl Core {
         s.deadlines.clear();
         s.sleeping = 0;
         s.forever = 0;
+        s.io_waiting = 0;
+        s.sockets.clear();
+        s.lookup_waiters.clear();
+        s.resolver = Resolver::new();
         Ok(())
     }
 
     /// `copas.step`: wait for the next event or deadline, then run what became ready.
     /// Returns whether any socket event was handled.
     pub fn step(&self, lua: &Lua, timeout: Option<f64>) -> mlua::Result<bool> {
-        let events = self.wait(timeout)?;
+        let (events, idle) = self.wait(timeout)?;
+        let retry = self.sched.borrow_mut().servers_to_retry();
+        let handled = !events.is_empty() || !retry.is_empty();
+        if idle && !handled {
+            self.collect_garbage_when_idle(lua);
+        }
+        for fd in retry {
+            self.accept(fd)?;
+        }
+        for ev in events.iter().filter(|ev| ev.read) {
+            self.on_readable(lua, ev.fd)?;
+        }
+        for ev in events.iter().filter(|ev| ev.write) {
+            self.wake_and_run(lua, ev.fd, true);
+        }
         let due_timers = self.sched.borrow_mut().expire();
         for (key, gen) in due_timers {
             guarded(|| self.fire_timer(lua, key, gen));
@@ -598,7 +769,182 @@ impl Core {
             self.demote(false);
             self.sweep_collected_forever(false);
         }
-        Ok(events > 0)
+        Ok(handled)
+    }
+
+    /// The readable phase for one fd: a TCP server accepts a connection; otherwise every reader
+    /// runs (in the order they started waiting; each retries, so none is stranded, upstream
+    /// bug #165). A UDP server's datagram that nobody waits for ends its hold on the loop.
+    fn on_readable(&self, lua: &Lua, fd: RawFd) -> mlua::Result<()> {
+        let server = self.sched.borrow().sockets.server(fd);
+        if server == Server::Tcp {
+            return self.accept(fd);
+        }
+        if !self.wake_and_run(lua, fd, false) && server == Server::Udp {
+            self.sched.borrow_mut().sockets.set_server(fd, Server::None);
+        }
+        Ok(())
+    }
+
+    /// Runs every task waiting on `fd` in one direction. Returns whether there was any.
+    fn wake_and_run(&self, lua: &Lua, fd: RawFd, write: bool) -> bool {
+        let claimed = {
+            let mut s = self.sched.borrow_mut();
+            let list = s.sockets.take_waiters(fd, write);
+            s.claim_waiters(list, fd, write)
+        };
+        for &(key, gen) in &claimed {
+            guarded(|| self.run_task(lua, key, gen));
+        }
+        !claimed.is_empty()
+    }
+
+    /// Accepts one connection on a TCP server through the shim's hook, which starts the
+    /// handler. Errors of the hook propagate out of `step`, as upstream's accept errors do.
+    fn accept(&self, fd: RawFd) -> mlua::Result<()> {
+        let hook = self.hooks.borrow().on_accept.clone();
+        let Some(hook) = hook else {
+            return Ok(());
+        };
+        let status: i64 = hook.call(fd)?;
+        let mut s = self.sched.borrow_mut();
+        if s.sockets.server(fd) != Server::Tcp {
+            return Ok(()); // removed or closed by the handler
+        }
+        match status {
+            ACCEPTED => s.sockets.accept_again.push(fd),
+            ACCEPT_FAILED => {
+                let at = s.deadlines.now() + ACCEPT_BACKOFF.as_nanos() as u64;
+                s.sockets.backoff.push((fd, at));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    pub fn set_accept_hook(&self, f: Option<Function>) {
+        self.hooks.borrow_mut().on_accept = f;
+    }
+
+    /// Seconds on the monotonic clock of the deadlines (the unit of I/O wait deadlines).
+    pub fn now(&self) -> f64 {
+        self.sched.borrow().deadlines.now() as f64 / 1e9
+    }
+
+    /// Adds `fd` to the epoll set (once per socket object; the shim keeps track).
+    pub fn watch(&self, fd: RawFd) -> mlua::Result<bool> {
+        if fd < 0 {
+            return Ok(false);
+        }
+        Ok(self.sched.borrow_mut().reactor.register(fd).is_ok())
+    }
+
+    /// `copas.close`: before the descriptor goes away, every task waiting on it is woken (its
+    /// retry then reports "closed", upstream bug #104) and it leaves the epoll set.
+    pub fn close_fd(&self, fd: RawFd) {
+        let mut s = self.sched.borrow_mut();
+        for (key, gen) in s.sockets.forget(fd) {
+            if s.waits_on(&(key, gen)) {
+                s.end_io_wait(key, true, true);
+            }
+        }
+        s.reactor.deregister(fd);
+    }
+
+    pub fn add_server(&self, fd: RawFd, udp: bool) -> mlua::Result<()> {
+        let mut s = self.sched.borrow_mut();
+        s.reactor.register(fd).map_err(mlua::Error::external)?;
+        let kind = if udp { Server::Udp } else { Server::Tcp };
+        // Connections queued already are reported at once: epoll checks readiness on add.
+        s.sockets.set_server(fd, kind);
+        Ok(())
+    }
+
+    pub fn remove_server(&self, fd: RawFd) {
+        self.sched.borrow_mut().sockets.set_server(fd, Server::None);
+    }
+
+    /// True when a task waits on `fd` or it is a server (`cancelall` closes those).
+    pub fn fd_busy(&self, fd: RawFd) -> bool {
+        self.sched.borrow().sockets.busy(fd)
+    }
+
+    /// True while the task waits on a socket or a name lookup.
+    pub fn io_waiting(&self, id: i64) -> bool {
+        let (key, gen) = unpack(id);
+        let mut s = self.sched.borrow_mut();
+        matches!(s.task(key, gen), Some(t) if matches!(t.wait, Wait::Io { .. } | Wait::Lookup { .. }))
+    }
+
+    /// (read, write): descriptors with a waiter, servers counting as read, for `copas.status()`.
+    pub fn io_counts(&self) -> (usize, usize) {
+        let s = self.sched.borrow();
+        s.sockets.counts(|t| s.waits_on(t))
+    }
+
+    /// A task for a coroutine that `run_now` will start (accept and UDP server handlers).
+    pub fn attach(&self, co: Thread) -> mlua::Result<i64> {
+        let (key, gen) = self.insert_task(co, false, Wait::Ready)?;
+        let id = pack(key, gen);
+        if id.is_err() {
+            self.discard(key);
+        }
+        id
+    }
+
+    /// Runs an attached task at once, passing `arg` (upstream resumes accept handlers
+    /// synchronously with the client socket).
+    pub fn run_now(&self, lua: &Lua, id: i64, arg: Value) -> mlua::Result<()> {
+        let (key, gen) = unpack(id);
+        let state = {
+            let mut s = self.sched.borrow_mut();
+            let Some(t) = s
+                .task(key, gen)
+                .filter(|t| t.wait == Wait::Ready && !t.started)
+            else {
+                return Ok(());
+            };
+            t.wait = Wait::Running;
+            t.started = true;
+            t.state
+        };
+        self.values.put_arg(arg)?;
+        guarded(|| {
+            // SAFETY: an attached task's coroutine is in `Store::threads`, so `state` is live.
+            let outcome = unsafe { resume(lua, state, self.token, Arg::Boxed, &self.values) };
+            self.settle(lua, key, outcome);
+        });
+        Ok(())
+    }
+
+    /// Starts looking up `host` off the loop thread; the caller waits with OP_LOOKUP.
+    pub fn resolve(&self, host: String) -> mlua::Result<i64> {
+        let mut s = self.sched.borrow_mut();
+        let waker = s.reactor.waker().map_err(mlua::Error::external)?;
+        let id = s
+            .resolver
+            .start(host, waker)
+            .map_err(mlua::Error::external)?;
+        Ok(id as i64)
+    }
+
+    /// The answer of lookup `id` (once); None when it has not arrived (the lookup is then
+    /// abandoned).
+    pub fn lookup_result(&self, id: i64) -> Option<Answer> {
+        self.sched.borrow_mut().resolver.take(id as u64)
+    }
+
+    /// Lookups that finished: their waiters become ready.
+    fn collect_lookups(&self) {
+        let mut s = self.sched.borrow_mut();
+        for id in s.resolver.collect() {
+            if let Some((key, gen)) = s.lookup_waiters.remove(&id) {
+                let waiting = matches!(s.task(key, gen), Some(t) if matches!(t.wait, Wait::Lookup { id: i, .. } if i == id));
+                if waiting {
+                    s.end_io_wait(key, true, true);
+                }
+            }
+        }
     }
 
     /// `copas.loop`'s inner loop without a return to Lua per step: steps until finished, or
@@ -624,18 +970,49 @@ impl Core {
         }
     }
 
-    fn wait(&self, timeout: Option<f64>) -> mlua::Result<usize> {
-        let mut s = self.sched.borrow_mut();
-        let wait = s.wait_time(timeout);
-        let stats = s.stats.enabled();
-        if stats {
-            s.stats.before_wait();
+    /// Waits for events; also tells whether the wait was long enough to call the loop idle.
+    fn wait(&self, timeout: Option<f64>) -> mlua::Result<(Vec<Ready>, bool)> {
+        let mut events = Vec::new();
+        let idle;
+        let woke = {
+            let mut s = self.sched.borrow_mut();
+            let wait = s.wait_time(timeout);
+            idle = wait.is_none_or(|d| d >= IDLE_WAIT);
+            let stats = s.stats.enabled();
+            if stats {
+                s.stats.before_wait();
+            }
+            let woke = s
+                .reactor
+                .wait(wait, &mut events)
+                .map_err(mlua::Error::external)?;
+            if stats {
+                s.stats.after_wait();
+            }
+            woke
+        };
+        if woke {
+            self.collect_lookups();
         }
-        let events = s.reactor.wait(wait).map_err(mlua::Error::external)?;
-        if stats {
-            s.stats.after_wait();
+        Ok((events, idle))
+    }
+
+    /// A full collection when the loop idles, at most once a second. Upstream collects on 10% of
+    /// its idle steps; programs rely on it to close sockets they dropped without closing (whose
+    /// peers wait for "closed"), and it empties weak tables.
+    fn collect_garbage_when_idle(&self, lua: &Lua) {
+        let due = {
+            let mut s = self.sched.borrow_mut();
+            let now = s.deadlines.now();
+            let due = now.saturating_sub(s.last_idle_gc) >= IDLE_GC_INTERVAL.as_nanos() as u64;
+            if due {
+                s.last_idle_gc = now;
+            }
+            due
+        };
+        if due {
+            let _ = lua.gc_collect();
         }
-        Ok(events)
     }
 
     fn run_task(&self, lua: &Lua, key: usize, gen: u32) {
@@ -652,28 +1029,30 @@ impl Core {
             }
             t.wait = Wait::Running;
             let elapsed = (now.saturating_sub(t.since)) as f64 / 1e9;
-            (
-                t.state,
-                std::mem::replace(&mut t.started, true).then_some(elapsed),
-            )
+            let arg = match t.io_result.take() {
+                Some(ready) => Arg::Number(if ready { 1.0 } else { 0.0 }),
+                None if std::mem::replace(&mut t.started, true) => Arg::Number(elapsed),
+                None => Arg::Nothing,
+            };
+            (t.state, arg)
         };
         if self.tracing() {
             self.trace_task("resume", key, None);
         }
         // SAFETY: the task is Ready, so `Store::threads[key]` holds its coroutine and `state`
         // points to a live lua_State.
-        let outcome = unsafe { resume(lua, state, self.token, arg, &self.errors) };
+        let outcome = unsafe { resume(lua, state, self.token, arg, &self.values) };
         self.settle(lua, key, outcome);
     }
 
     /// Files a task according to what its resume ended with.
     fn settle(&self, lua: &Lua, key: usize, outcome: Outcome) {
         match outcome {
-            Outcome::Wait { op, arg } => {
+            Outcome::Wait { op, arg, arg2 } => {
                 if self.tracing() {
                     self.trace_task("yield", key, Some((op, arg)));
                 }
-                if !self.file_wait(key, op, arg) {
+                if !self.file_wait(key, op, arg, arg2) {
                     self.end_task(key, Some(foreign_yield_error(lua)));
                 }
             }
@@ -718,7 +1097,7 @@ impl Core {
     }
 
     /// Puts a yielded task where its opcode says. False for an opcode this core does not know.
-    fn file_wait(&self, key: usize, op: i64, arg: Option<f64>) -> bool {
+    fn file_wait(&self, key: usize, op: i64, arg: Option<f64>, arg2: Option<f64>) -> bool {
         let mut s = self.sched.borrow_mut();
         let now = s.step_now;
         let Some(t) = s.tasks.get_mut(key) else {
@@ -751,6 +1130,33 @@ impl Core {
                 s.tasks[key].wait = Wait::Forever { weak: false };
                 s.forever += 1;
             }
+            OP_READ | OP_WRITE => {
+                let Some(fd) = arg.filter(|x| *x >= 0.0 && *x < i32::MAX as f64) else {
+                    return false;
+                };
+                let fd = fd as RawFd;
+                let write = op == OP_WRITE;
+                let at = s.deadline_at(arg2);
+                let gen = s.tasks[key].gen;
+                s.sockets.add_waiter(fd, write, (key, gen));
+                s.tasks[key].wait = Wait::Io { fd, write, at };
+                s.io_waiting += 1;
+                s.push_deadline(key, at);
+            }
+            OP_LOOKUP => {
+                let Some(id) = arg.map(|x| x as u64) else {
+                    return false;
+                };
+                let at = s.deadline_at(arg2);
+                let gen = s.tasks[key].gen;
+                s.tasks[key].wait = Wait::Lookup { id, at };
+                if s.resolver.pending_id(id) {
+                    s.lookup_waiters.insert(id, (key, gen));
+                    s.push_deadline(key, at);
+                } else {
+                    s.end_io_wait(key, true, true); // answered already
+                }
+            }
             _ => return false,
         }
         true
@@ -781,8 +1187,8 @@ impl Core {
                 lua,
                 timer_co.state(),
                 self.token,
-                Some(id as f64),
-                &self.errors,
+                Arg::Number(id as f64),
+                &self.values,
             )
         } {
             Outcome::Wait {

@@ -1,0 +1,134 @@
+//! Who waits on which descriptor, and which descriptors are servers.
+//!
+//! Indexed by fd (descriptors are small integers, reused at once by the kernel). Waiter lists
+//! hold task references that may have gone stale (the task timed out, was removed or woken by
+//! other means); the scheduler checks each against the task's current wait when it wakes them.
+
+use std::os::fd::RawFd;
+
+/// A task's slab key and generation.
+pub type TaskRef = (usize, u32);
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub enum Server {
+    #[default]
+    None,
+    /// A listening TCP socket: readiness means a connection to accept.
+    Tcp,
+    /// A UDP server socket: it keeps the loop alive until a datagram arrives that nobody waits
+    /// for (upstream's read set keeps it until then).
+    Udp,
+}
+
+#[derive(Default)]
+struct Fd {
+    readers: Vec<TaskRef>,
+    writers: Vec<TaskRef>,
+    server: Server,
+}
+
+#[derive(Default)]
+pub struct Sockets {
+    fds: Vec<Fd>,
+    servers: usize,
+    /// Servers that accepted a connection last step: one accept per server per step (upstream),
+    /// and with edge-triggered readiness the rest of the backlog gives no new event.
+    pub accept_again: Vec<RawFd>,
+    /// Servers whose accept failed (descriptors ran out), retried at the given time instead of
+    /// on every step.
+    pub backoff: Vec<(RawFd, u64)>,
+}
+
+impl Sockets {
+    fn slot(&mut self, fd: RawFd) -> &mut Fd {
+        let i = fd as usize;
+        if self.fds.len() <= i {
+            self.fds.resize_with(i + 1, Fd::default);
+        }
+        &mut self.fds[i]
+    }
+
+    fn list(&mut self, fd: RawFd, write: bool) -> &mut Vec<TaskRef> {
+        let slot = self.slot(fd);
+        if write {
+            &mut slot.writers
+        } else {
+            &mut slot.readers
+        }
+    }
+
+    pub fn add_waiter(&mut self, fd: RawFd, write: bool, task: TaskRef) {
+        self.list(fd, write).push(task);
+    }
+
+    pub fn remove_waiter(&mut self, fd: RawFd, write: bool, task: TaskRef) {
+        self.list(fd, write).retain(|t| *t != task);
+    }
+
+    /// Every waiter of one direction, in the order they started waiting.
+    pub fn take_waiters(&mut self, fd: RawFd, write: bool) -> Vec<TaskRef> {
+        std::mem::take(self.list(fd, write))
+    }
+
+    pub fn server(&self, fd: RawFd) -> Server {
+        self.fds.get(fd as usize).map_or(Server::None, |f| f.server)
+    }
+
+    pub fn set_server(&mut self, fd: RawFd, server: Server) {
+        let slot = self.slot(fd);
+        let was = std::mem::replace(&mut slot.server, server);
+        match (was == Server::None, server == Server::None) {
+            (true, false) => self.servers += 1,
+            (false, true) => self.servers -= 1,
+            _ => {}
+        }
+        if server != Server::Tcp {
+            self.accept_again.retain(|s| *s != fd);
+            self.backoff.retain(|(s, _)| *s != fd);
+        }
+    }
+
+    /// Servers registered (they keep the loop alive).
+    pub fn servers(&self) -> usize {
+        self.servers
+    }
+
+    /// The descriptor is about to be closed: it stops being a server, and its waiters (both
+    /// directions) are returned to be woken.
+    pub fn forget(&mut self, fd: RawFd) -> Vec<TaskRef> {
+        if fd < 0 || fd as usize >= self.fds.len() {
+            return Vec::new();
+        }
+        self.set_server(fd, Server::None);
+        let slot = &mut self.fds[fd as usize];
+        let mut waiters = std::mem::take(&mut slot.readers);
+        waiters.append(&mut slot.writers);
+        waiters
+    }
+
+    /// True when something waits on `fd` or it is a server.
+    pub fn busy(&self, fd: RawFd) -> bool {
+        self.fds.get(fd as usize).is_some_and(|f| {
+            f.server != Server::None || !f.readers.is_empty() || !f.writers.is_empty()
+        })
+    }
+
+    /// Per direction, the descriptors with a waiter that `live` accepts (servers count as read).
+    pub fn counts(&self, live: impl Fn(&TaskRef) -> bool) -> (usize, usize) {
+        let mut read = 0;
+        let mut write = 0;
+        for f in &self.fds {
+            if f.server != Server::None || f.readers.iter().any(&live) {
+                read += 1;
+            }
+            if f.writers.iter().any(&live) {
+                write += 1;
+            }
+        }
+        (read, write)
+    }
+
+    pub fn clear(&mut self) {
+        *self = Sockets::default();
+    }
+}
