@@ -3,8 +3,8 @@
 #   make build [LUA=5.4]     build one runtime (5.1 5.2 5.3 5.4 jit), or all five without LUA
 #   make demo  [LUA=5.4]     install missing packages, build, run examples/demo.lua (Lua 5.4)
 #   make test                everything CI runs: deps, builds, fmt, clippy, busted x5, luarocks
-#   make conformance UPSTREAM=/path/to/copas   upstream's socket-free tests against our build
-#   make bench UPSTREAM=/path/to/copas         bench/run, side by side with upstream
+#   make conformance UPSTREAM=/path/to/copas   upstream's tests against our build
+#   make bench UPSTREAM=/path/to/copas         bench/run and bench/net/run, side by side with upstream
 #   make clean
 #
 # After `make build LUA=5.4` a program needs only
@@ -102,6 +102,7 @@ conformance:
 bench:
 	@test -n "$(UPSTREAM)" || { echo "usage: make bench UPSTREAM=/path/to/upstream/copas" >&2; exit 2; }
 	bench/run "$(UPSTREAM)"
+	bench/net/run "$(UPSTREAM)"
 
 clean:
 	rm -rf build target

@@ -198,6 +198,60 @@ print(string.format("  crowd: %d/%d sleepers finished %d naps, worst oversleep %
   stats.crowd_done, CROWD, stats.naps, stats.oversleep_max * 1000, stats.late_done, LATE_JOINERS))
 print(string.format("  progress timer fired %d times", stats.progress_ticks))
 
+-- Part two: sockets. An upper-casing line server on 127.0.0.1 and CLIENTS clients that reach it
+-- by the name "localhost" (looked up off the loop thread), each sending LINES lines.
+local socket = require("socket")
+local CLIENTS, LINES = 200, 20
+local net = { served = 0, replies = 0, wrong = 0, peak = 0, open = 0, ticks = 0 }
+local server = assert(socket.bind("127.0.0.1", 0, 1024))
+local _, port = server:getsockname()
+local net_t0 = copas.gettime()
+
+copas.addserver(server, copas.handler(function(conn)
+  net.open = net.open + 1
+  net.peak = math.max(net.peak, net.open)
+  while true do
+    local line = conn:receive("*l")
+    if not line then break end
+    conn:send(line:upper() .. "\n")
+  end
+  net.open = net.open - 1
+  net.served = net.served + 1
+end), nil, "upper")
+
+copas.loop(function()
+  local done = 0
+  copas.addthread(function()   -- the loop keeps ticking while clients talk
+    while done < CLIENTS do
+      copas.pause(0.01)
+      net.ticks = net.ticks + 1
+    end
+  end)
+  for c = 1, CLIENTS do
+    copas.addthread(function()
+      local client = copas.wrap(socket.tcp())
+      client:settimeout(10)
+      assert(client:connect("localhost", port))
+      for i = 1, LINES do
+        local text = ("client %d line %d"):format(c, i)
+        client:send(text .. "\n")
+        if client:receive("*l") == text:upper() then
+          net.replies = net.replies + 1
+        else
+          net.wrong = net.wrong + 1
+        end
+      end
+      client:close()
+      done = done + 1
+      if done == CLIENTS then copas.removeserver(server) end
+    end)
+  end
+end)
+local net_elapsed = copas.gettime() - net_t0
+print(string.format("  sockets: %d clients reached %q by name, %d/%d replies right, %d wrong, " ..
+  "%d connections open at peak, %d loop ticks meanwhile, %.3fs",
+  CLIENTS, "localhost", net.replies, CLIENTS * LINES, net.wrong, net.peak, net.ticks, net_elapsed))
+
 local problems = {}
 local function check(ok, what)
   if not ok then problems[#problems + 1] = what end
@@ -213,6 +267,8 @@ check(stats.late_done == LATE_JOINERS, "not every late joiner finished")
 check(stats.progress_ticks >= 1, "the progress timer never fired")
 check(errors == 0, errors .. " thread(s) raised an error")
 check(#names == WORKERS, "expected all " .. WORKERS .. " workers to get jobs")
+check(net.replies == CLIENTS * LINES and net.wrong == 0, "not every socket reply came back right")
+check(net.served == CLIENTS, "the server did not finish every connection")
 
 if #problems > 0 then
   print("demo FAILED:")

@@ -420,12 +420,15 @@ end
 local IO_BUDGET = 32
 local io_budget = IO_BUDGET
 
-local function spend()
-  io_budget = io_budget - 1
-  if io_budget > 0 then return end
+local function budget_spent()
   io_budget = IO_BUDGET
   local co, main = coroutine.running()
   if co ~= nil and not main then copas.pause() end
+end
+
+local function spend()
+  io_budget = io_budget - 1
+  if io_budget <= 0 then budget_spent() end
 end
 
 -- The descriptor each socket object was added to epoll with, and the object of each descriptor
@@ -511,10 +514,85 @@ local function receive_waiting(skt, pattern, err, part)
   end
 end
 
+-- Plain LuaSocket TCP connections are read and written by the core on the descriptor, with
+-- copas's own buffer (src/io.rs): no failed recv before each wait, no per-call clock reads.
+-- A connection is taken over only while LuaSocket's own buffer is empty, so no data is
+-- reordered; other objects (LuaSec, proxies, UDP) go through their own methods.
+local MODE_LINE, MODE_ALL = core.MODE_LINE, core.MODE_ALL
+local sched_recv, sched_send = sched.recv, sched.send
+local client_mt   -- LuaSocket's tcp{client} class metatable, learned from the first one seen
+local adopted = setmetatable({}, { __mode = "k" })   -- connection -> its descriptor
+
+local function is_client(skt)
+  if type(skt) ~= "userdata" then return false end
+  local mt = getmetatable(skt)
+  if client_mt == nil then
+    if tostring(skt):sub(1, 11) ~= "tcp{client}" then return false end
+    client_mt = mt
+  end
+  return mt == client_mt
+end
+
+local function adopt(skt)
+  if not is_client(skt) or skt:dirty() then return nil end
+  local fd = current_fd(skt)
+  if fd == nil or not sched.adopt(skt, fd) then return nil end
+  adopted[skt], watched_fd[skt], fd_socket[fd] = fd, fd, skt
+  return fd
+end
+
+-- The core's code for a receive pattern; nil for what only LuaSocket knows how to refuse.
+local function mode_of(pattern)
+  if pattern == "*l" then return MODE_LINE end
+  if pattern == "*a" then return MODE_ALL end
+  if type(pattern) == "number" and pattern >= 0 then return 0 end
+  return nil
+end
+
+-- The rest of a receive on an adopted connection after the first try said "timeout".
+local function receive_adopted(skt, fd, mode, pattern, prefix)
+  local deadline = deadline_for(read_timeouts[skt])
+  local ready, data, err, part
+  repeat
+    ready = yield(TOKEN, OP_READ, fd, deadline) == 1
+    -- once out of time, what arrived so far comes back as the partial result
+    data, err, part = sched_recv(skt, mode, pattern, prefix, not ready)
+    spend()
+    if data or err ~= "timeout" then return data, err, part end
+  until not ready
+  return nil, timeout_error(err), part
+end
+
+local function receivepartial_adopted(skt, fd, mode, pattern, prefix)
+  local known = type(prefix) == "string" and #prefix or 0
+  local deadline, armed, ready
+  while true do
+    local data, err, part = sched_recv(skt, mode, pattern, prefix, true)
+    spend()
+    if data or err ~= "timeout" or #part > known then return data, err, part end
+    if armed and not ready then return nil, timeout_error(err), part end
+    if not armed then deadline, armed = deadline_for(read_timeouts[skt]), true end
+    ready = yield(TOKEN, OP_READ, fd, deadline) == 1
+  end
+end
+
 function copas.receive(skt, pattern, prefix)
-  check_socket(skt, 1, "receive")
-  skt = unwrap(skt)
+  -- the first lines are the hot path of every server: a connection copas reads itself
+  local fd = adopted[skt]
+  if fd == nil then
+    check_socket(skt, 1, "receive")
+    skt = unwrap(skt)
+    fd = adopted[skt] or adopt(skt)
+  end
   pattern = pattern or "*l"
+  local mode = fd and mode_of(pattern)
+  if mode and (prefix == nil or type(prefix) == "string") then
+    local data, err, part = sched_recv(skt, mode, pattern, prefix, false)
+    io_budget = io_budget - 1
+    if io_budget <= 0 then budget_spent() end
+    if data or err ~= "timeout" then return data, err, part end
+    return receive_adopted(skt, fd, mode, pattern, prefix)
+  end
   local data, err, part = skt:receive(pattern, prefix)
   spend()
   if data or not RETRY[err] then return data, err, part end
@@ -526,6 +604,11 @@ function copas.receivepartial(skt, pattern, prefix)
   check_socket(skt, 1, "receivepartial")
   skt = unwrap(skt)
   pattern = pattern or "*l"
+  local fd = adopted[skt] or adopt(skt)
+  local mode = fd and mode_of(pattern)
+  if mode and (prefix == nil or type(prefix) == "string") then
+    return receivepartial_adopted(skt, fd, mode, pattern, prefix)
+  end
   local known = type(prefix) == "string" and #prefix or 0
   local deadline, armed, ready
   while true do
@@ -557,10 +640,16 @@ function copas.receivefrom(skt, size)
   end
 end
 
+local function is_index(i)
+  return i == nil or type(i) == "number"
+end
+
 function copas.send(skt, data, i, j)
   check_socket(skt, 1, "send")
   skt = unwrap(skt)
-  local last, err, sent = skt:send(data, i or 1, j)
+  local direct = is_client(skt) and type(data) == "string" and is_index(i) and is_index(j)
+  local send = direct and sched_send or skt.send
+  local last, err, sent = send(skt, data, i or 1, j)
   spend()
   if last or not RETRY[err] then return last, err, sent end
   local deadline = deadline_for(send_timeouts[skt])
@@ -570,7 +659,7 @@ function copas.send(skt, data, i, j)
     ready = wait_for(skt, direction(err, OP_WRITE), deadline)
     if ready == nil then return nil, "closed", sent end
     local start = (sent or (i or 1) - 1) + 1
-    last, err, sent = skt:send(data, start, j)
+    last, err, sent = send(skt, data, start, j)
     spend()
     if last or not RETRY[err] then return last, err, sent end
   end
@@ -607,6 +696,17 @@ local function addresses(host, deadline)
   return nil, err
 end
 
+-- LuaSocket ties a socket to the address family of its first connect. After an IPv6 address
+-- failed, an IPv4 address is reached through the same socket as an IPv4-mapped IPv6 address.
+local function address_for(skt, address, attempt)
+  if attempt == 1 or not address:match("^%d+%.%d+%.%d+%.%d+$") then return address end
+  local ok, family = pcall(skt.getfamily, skt)
+  if ok and family == "inet6" and skt:setoption("ipv6-v6only", false) then
+    return "::ffff:" .. address
+  end
+  return address
+end
+
 -- Tries one address until connected, failed or out of time.
 local function connect_to(skt, host, port, deadline)
   local tries, ready = 0, true
@@ -634,7 +734,7 @@ function copas.connect(skt, host, port)
   if not list then return nil, err end
   local ok, timed_out
   for i = 1, #list do
-    ok, err, timed_out = connect_to(skt, list[i], port, deadline)
+    ok, err, timed_out = connect_to(skt, address_for(skt, list[i], i), port, deadline)
     if ok or timed_out or err == "already connected" then break end
   end
   return ok, err
@@ -662,7 +762,7 @@ end
 -- Every thread waiting on the socket wakes and sees "closed"; the descriptor leaves epoll first.
 local function forget_socket(skt)
   local fd = watched_fd[skt] or current_fd(skt)
-  watched_fd[skt] = nil
+  watched_fd[skt], adopted[skt] = nil, nil
   if fd then sched.close_fd(fd) end
 end
 

@@ -16,19 +16,13 @@
 -- the one matching this process (_VERSION / jit), and inherits LUA_PATH/LUA_CPATH, so it loads
 -- the same copas. The specs are pending (skipped) only when `unshare` is not permitted (not
 -- root); any other harness failure fails them.
+local helper = require("spec.helper")
 local STALL = 2 -- dnsd's delay for stall.copas.test and stall-nx.copas.test
 
 local here = (debug.getinfo(1, "S").source:match("^@(.*)[/\\]") or ".")
 local support = here .. "/support"
 
-local function interpreter()
-  local lua = os.getenv("COPAS_TEST_LUA")
-  if lua and lua ~= "" then return lua end
-  if jit then return "luajit" end
-  return "lua" .. _VERSION:match("(%d+%.%d+)")
-end
-
-local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
+local interpreter, q = helper.interpreter, helper.shell_quote
 
 -- Runs the child for `host` with the copas timeout `timeout` under the harness. Returns the
 -- parsed key=value results, the harness's exit status and the whole output.

@@ -6,6 +6,20 @@ helper.safe_pcall = (_VERSION == "Lua 5.1" and not jit) and require("coxpcall").
 
 local clock = require("system").gettime
 
+-- The interpreter a child process of a spec should run: COPAS_TEST_LUA, or the one running
+-- this spec (busted --lua=...).
+function helper.interpreter()
+  local lua = os.getenv("COPAS_TEST_LUA")
+  if lua and lua ~= "" then return lua end
+  if jit then return "luajit" end
+  return "lua" .. _VERSION:match("(%d+%.%d+)")
+end
+
+-- `s` quoted for sh.
+function helper.shell_quote(s)
+  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+
 -- A fresh, independent copas instance: drops every copas module from package.loaded and
 -- requires copas again, so that the submodules (lock, semaphore, ...) bind to the new one too.
 function helper.fresh_copas()

@@ -25,6 +25,8 @@ pub struct Ready {
     pub fd: RawFd,
     pub read: bool,
     pub write: bool,
+    /// The peer closed its side (or the socket failed): reads will not block any more.
+    pub read_closed: bool,
 }
 
 pub struct Reactor {
@@ -108,6 +110,7 @@ impl Reactor {
                 fd: ev.token().0 as RawFd,
                 read: ev.is_readable() || ev.is_read_closed() || ev.is_error(),
                 write: ev.is_writable() || ev.is_write_closed() || ev.is_error(),
+                read_closed: ev.is_read_closed() || ev.is_error(),
             });
         }
         Ok(woke)

@@ -13,10 +13,11 @@ use std::os::fd::RawFd;
 use std::os::raw::c_void;
 use std::time::Duration;
 
-use mlua::{ffi, Function, Lua, LuaString, Table, Thread, Value};
+use mlua::{ffi, AnyUserData, Function, Lua, LuaString, Table, Thread, Value};
 use slab::Slab;
 
 use crate::dns::{Answer, Resolver};
+use crate::io::{self, Conn, Pattern, Received};
 use crate::raw::SlotClearer;
 use crate::reactor::{Reactor, Ready};
 use crate::resume::{resume, Arg, Outcome, ValueBox};
@@ -147,6 +148,8 @@ struct Sched {
     /// The clock read once per step; yields and resumes within the step use it.
     step_now: u64,
     reactor: Reactor,
+    /// The readiness list of the previous step, emptied, kept for its capacity.
+    spare_events: Vec<Ready>,
     sockets: Sockets,
     resolver: Resolver,
     lookup_waiters: HashMap<u64, TaskRef>,
@@ -212,17 +215,15 @@ impl Sched {
     }
 
     /// The waiters in `list` still waiting on this fd and direction, made ready to run now.
-    fn claim_waiters(&mut self, list: Vec<TaskRef>, fd: RawFd, write: bool) -> Vec<TaskRef> {
-        let mut claimed = Vec::with_capacity(list.len());
-        for (key, gen) in list {
+    fn claim_waiters(&mut self, list: &mut Vec<TaskRef>, fd: RawFd, write: bool) {
+        list.retain(|&(key, gen)| {
             let waiting = matches!(self.task(key, gen),
                 Some(t) if matches!(t.wait, Wait::Io { fd: f, write: w, .. } if f == fd && w == write));
             if waiting {
                 self.end_io_wait(key, true, false);
-                claimed.push((key, gen));
             }
-        }
-        claimed
+            waiting
+        });
     }
 
     fn waits_on(&self, task: &TaskRef) -> bool {
@@ -354,6 +355,35 @@ impl Sched {
     }
 }
 
+/// The descriptor a LuaSocket TCP object holds, read from the object itself: LuaSocket's
+/// `t_tcp` struct starts with its `t_socket` (an int; -1 once closed). Also the object's
+/// address, which identifies it. The shim only passes objects whose metatable is LuaSocket's
+/// `tcp{client}` class, and `adopt` checks the read against `getfd()` first.
+fn luasocket_fd(skt: &AnyUserData) -> (usize, RawFd) {
+    let p = skt.to_pointer() as *const RawFd;
+    if p.is_null() {
+        return (0, -1);
+    }
+    // SAFETY: `p` points to the userdata block of a live LuaSocket tcp object (the shim checks
+    // its class; `adopt` verified the layout against getfd()), whose first member is the fd.
+    (p as usize, unsafe { p.read_unaligned() })
+}
+
+fn str_value(lua: &Lua, s: &[u8]) -> mlua::Result<Value> {
+    Ok(Value::String(lua.create_string(s)?))
+}
+
+/// `prefix .. data` as a Lua string.
+fn bytes_value(lua: &Lua, prefix: &[u8], data: &[u8]) -> mlua::Result<Value> {
+    if prefix.is_empty() {
+        return str_value(lua, data);
+    }
+    let mut all = Vec::with_capacity(prefix.len() + data.len());
+    all.extend_from_slice(prefix);
+    all.extend_from_slice(data);
+    str_value(lua, &all)
+}
+
 /// Lua-side storage for the values the scheduler refers to by key.
 struct Store {
     threads: Table,
@@ -382,10 +412,12 @@ fn foreign_yield_error(lua: &Lua) -> Value {
         .map_or(Value::Nil, Value::String)
 }
 
-/// Interned table keys, so that checking them once per step costs no string hashing.
+/// Interned strings, so that checking table keys once per step (and answering "timeout" on
+/// every wait) costs no string hashing.
 struct Keys {
     step: LuaString,
     finished: LuaString,
+    timeout: LuaString,
 }
 
 pub struct Core {
@@ -422,6 +454,7 @@ impl Core {
                 last_idle_gc: 0,
                 step_now: 0,
                 reactor: Reactor::new(),
+                spare_events: Vec::new(),
                 sockets: Sockets::default(),
                 resolver: Resolver::new(),
                 lookup_waiters: HashMap::new(),
@@ -430,6 +463,7 @@ impl Core {
             keys: Keys {
                 step: lua.create_string("step")?,
                 finished: lua.create_string("finished")?,
+                timeout: lua.create_string("timeout")?,
             },
             store: Store { threads, forever },
             hooks: RefCell::new(Hooks {
@@ -736,7 +770,7 @@ impl Core {
     /// `copas.step`: wait for the next event or deadline, then run what became ready.
     /// Returns whether any socket event was handled.
     pub fn step(&self, lua: &Lua, timeout: Option<f64>) -> mlua::Result<bool> {
-        let (events, idle) = self.wait(timeout)?;
+        let (mut events, idle) = self.wait(timeout)?;
         let retry = self.sched.borrow_mut().servers_to_retry();
         let handled = !events.is_empty() || !retry.is_empty();
         if idle && !handled {
@@ -746,11 +780,17 @@ impl Core {
             self.accept(fd)?;
         }
         for ev in events.iter().filter(|ev| ev.read) {
+            self.sched
+                .borrow_mut()
+                .sockets
+                .mark_readable(ev.fd, ev.read_closed);
             self.on_readable(lua, ev.fd)?;
         }
         for ev in events.iter().filter(|ev| ev.write) {
             self.wake_and_run(lua, ev.fd, true);
         }
+        events.clear();
+        self.sched.borrow_mut().spare_events = events;
         let due_timers = self.sched.borrow_mut().expire();
         for (key, gen) in due_timers {
             guarded(|| self.fire_timer(lua, key, gen));
@@ -788,15 +828,23 @@ impl Core {
 
     /// Runs every task waiting on `fd` in one direction. Returns whether there was any.
     fn wake_and_run(&self, lua: &Lua, fd: RawFd, write: bool) -> bool {
-        let claimed = {
+        let mut claimed = {
             let mut s = self.sched.borrow_mut();
-            let list = s.sockets.take_waiters(fd, write);
-            s.claim_waiters(list, fd, write)
+            let mut list = s.sockets.take_waiters(fd, write);
+            s.claim_waiters(&mut list, fd, write);
+            list
         };
         for &(key, gen) in &claimed {
             guarded(|| self.run_task(lua, key, gen));
         }
-        !claimed.is_empty()
+        let any = !claimed.is_empty();
+        claimed.clear();
+        // The list's allocation goes back for the next wait on this fd.
+        self.sched
+            .borrow_mut()
+            .sockets
+            .give_back(fd, write, claimed);
+        any
     }
 
     /// Accepts one connection on a TCP server through the shim's hook, which starts the
@@ -849,6 +897,109 @@ impl Core {
             }
         }
         s.reactor.deregister(fd);
+    }
+
+    /// Takes over reading a plain LuaSocket TCP connection (see `io.rs`). `getfd` is what its
+    /// `getfd()` said; the descriptor is also read from the object itself on every call (so a
+    /// socket closed behind copas's back reads as closed), and the two must agree here.
+    pub fn adopt_conn(&self, skt: &AnyUserData, getfd: RawFd) -> mlua::Result<bool> {
+        let (owner, fd) = luasocket_fd(skt);
+        if fd < 0 || fd != getfd {
+            return Ok(false);
+        }
+        let mut s = self.sched.borrow_mut();
+        if s.reactor.register(fd).is_err() {
+            return Ok(false);
+        }
+        *s.sockets.conn(fd, owner) = Conn::new(owner);
+        Ok(true)
+    }
+
+    /// `receive` on an adopted connection. Returns LuaSocket's results; `"timeout"` means
+    /// "wait for readability" (with `partial`, the bytes buffered so far come back and leave the
+    /// buffer, as LuaSocket's partial result).
+    pub fn recv(
+        &self,
+        lua: &Lua,
+        skt: &AnyUserData,
+        pattern: Pattern,
+        prefix: Option<LuaString>,
+        partial: bool,
+    ) -> mlua::Result<(Value, Value, Value)> {
+        let (owner, fd) = luasocket_fd(skt);
+        let prefix_bytes = prefix.as_ref().map(|p| p.as_bytes().to_vec());
+        let prefix_bytes = prefix_bytes.as_deref().unwrap_or_default();
+        if fd < 0 {
+            return Ok((
+                Value::Nil,
+                str_value(lua, b"closed")?,
+                bytes_value(lua, prefix_bytes, b"")?,
+            ));
+        }
+        let received = {
+            let mut s = self.sched.borrow_mut();
+            s.sockets
+                .receive(fd, owner, pattern, prefix_bytes.len(), partial)
+        };
+        Ok(match received {
+            Received::Done(data) => (
+                bytes_value(lua, prefix_bytes, &data)?,
+                Value::Nil,
+                Value::Nil,
+            ),
+            // The common wait: no partial asked for, nothing new made.
+            Received::WouldBlock(_) if !partial => (
+                Value::Nil,
+                Value::String(self.keys.timeout.clone()),
+                Value::Nil,
+            ),
+            Received::WouldBlock(part) => (
+                Value::Nil,
+                Value::String(self.keys.timeout.clone()),
+                bytes_value(lua, prefix_bytes, &part)?,
+            ),
+            Received::Failed(err, part) => (
+                Value::Nil,
+                str_value(lua, err.as_bytes())?,
+                bytes_value(lua, prefix_bytes, &part)?,
+            ),
+        })
+    }
+
+    /// `send(data, i, j)` on an adopted connection, with LuaSocket's index rules and results.
+    pub fn send(
+        &self,
+        skt: &AnyUserData,
+        data: &LuaString,
+        i: Option<f64>,
+        j: Option<f64>,
+    ) -> (Option<f64>, Option<&'static str>, Option<f64>) {
+        let (_, fd) = luasocket_fd(skt);
+        let bytes = data.as_bytes();
+        let size = bytes.len() as i64;
+        let mut start = i.unwrap_or(1.0) as i64;
+        let mut end = j.unwrap_or(-1.0) as i64;
+        if start < 0 {
+            start += size + 1;
+        }
+        if end < 0 {
+            end += size + 1;
+        }
+        start = start.max(1);
+        end = end.min(size);
+        if fd < 0 {
+            return (None, Some("closed"), Some((start - 1) as f64));
+        }
+        let (sent, err) = if start <= end {
+            io::send(fd, &bytes[(start - 1) as usize..end as usize])
+        } else {
+            (0, None)
+        };
+        let last = (start - 1 + sent as i64) as f64;
+        match err {
+            None => (Some(last), None, None),
+            Some(e) => (None, Some(e), Some(last)),
+        }
     }
 
     pub fn add_server(&self, fd: RawFd, udp: bool) -> mlua::Result<()> {
@@ -972,7 +1123,7 @@ impl Core {
 
     /// Waits for events; also tells whether the wait was long enough to call the loop idle.
     fn wait(&self, timeout: Option<f64>) -> mlua::Result<(Vec<Ready>, bool)> {
-        let mut events = Vec::new();
+        let mut events = std::mem::take(&mut self.sched.borrow_mut().spare_events);
         let idle;
         let woke = {
             let mut s = self.sched.borrow_mut();

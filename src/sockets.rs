@@ -6,6 +6,8 @@
 
 use std::os::fd::RawFd;
 
+use crate::io::{Conn, Pattern, Received, READ_SIZE};
+
 /// A task's slab key and generation.
 pub type TaskRef = (usize, u32);
 
@@ -25,11 +27,15 @@ struct Fd {
     readers: Vec<TaskRef>,
     writers: Vec<TaskRef>,
     server: Server,
+    /// The receive buffer, for a connection copas reads itself (see `io.rs`).
+    conn: Option<Conn>,
 }
 
 #[derive(Default)]
 pub struct Sockets {
     fds: Vec<Fd>,
+    /// Where connections read into (see `io.rs`); made on the first read.
+    scratch: Vec<u8>,
     servers: usize,
     /// Servers that accepted a connection last step: one accept per server per step (upstream),
     /// and with edge-triggered readiness the rest of the backlog gives no new event.
@@ -70,6 +76,15 @@ impl Sockets {
         std::mem::take(self.list(fd, write))
     }
 
+    /// Returns an emptied waiter list so its allocation serves the next waits, unless new
+    /// waiters arrived meanwhile.
+    pub fn give_back(&mut self, fd: RawFd, write: bool, list: Vec<TaskRef>) {
+        let slot = self.list(fd, write);
+        if slot.is_empty() {
+            *slot = list;
+        }
+    }
+
     pub fn server(&self, fd: RawFd) -> Server {
         self.fds.get(fd as usize).map_or(Server::None, |f| f.server)
     }
@@ -93,14 +108,52 @@ impl Sockets {
         self.servers
     }
 
-    /// The descriptor is about to be closed: it stops being a server, and its waiters (both
-    /// directions) are returned to be woken.
+    /// The connection state of `fd` for the LuaSocket object `owner`; fresh when the descriptor
+    /// was somebody else's (closed behind copas's back and reused).
+    pub fn conn(&mut self, fd: RawFd, owner: usize) -> &mut Conn {
+        let slot = self.slot(fd);
+        if slot.conn.as_ref().is_none_or(|c| c.owner != owner) {
+            slot.conn = Some(Conn::new(owner));
+        }
+        slot.conn.get_or_insert_with(|| Conn::new(owner))
+    }
+
+    /// Receives on the connection of `fd` owned by `owner` (see `Conn::receive`).
+    pub fn receive(
+        &mut self,
+        fd: RawFd,
+        owner: usize,
+        pattern: Pattern,
+        have: usize,
+        partial: bool,
+    ) -> Received {
+        if self.scratch.is_empty() {
+            self.scratch = vec![0; READ_SIZE];
+        }
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let received = self
+            .conn(fd, owner)
+            .receive(fd, pattern, have, partial, &mut scratch);
+        self.scratch = scratch;
+        received
+    }
+
+    /// Readiness was reported: a buffered connection may read again.
+    pub fn mark_readable(&mut self, fd: RawFd, closed: bool) {
+        if let Some(conn) = self.fds.get_mut(fd as usize).and_then(|f| f.conn.as_mut()) {
+            conn.mark_readable(closed);
+        }
+    }
+
+    /// The descriptor is about to be closed: it stops being a server, its buffer goes, and its
+    /// waiters (both directions) are returned to be woken.
     pub fn forget(&mut self, fd: RawFd) -> Vec<TaskRef> {
         if fd < 0 || fd as usize >= self.fds.len() {
             return Vec::new();
         }
         self.set_server(fd, Server::None);
         let slot = &mut self.fds[fd as usize];
+        slot.conn = None;
         let mut waiters = std::mem::take(&mut slot.readers);
         waiters.append(&mut slot.writers);
         waiters
@@ -129,6 +182,10 @@ impl Sockets {
     }
 
     pub fn clear(&mut self) {
-        *self = Sockets::default();
+        let scratch = std::mem::take(&mut self.scratch);
+        *self = Sockets {
+            scratch,
+            ..Sockets::default()
+        };
     }
 }
