@@ -5,6 +5,7 @@
 //! copas gives a fresh instance, as upstream.
 
 mod dns;
+mod hotpath;
 mod io;
 mod raw;
 mod reactor;
@@ -17,7 +18,7 @@ mod timers;
 use std::os::raw::c_void;
 use std::rc::Rc;
 
-use mlua::{AnyUserData, Function, LightUserData, Lua, LuaString, Table, Thread, Value};
+use mlua::{AnyUserData, Function, LightUserData, Lua, Table, Thread, Value};
 
 use scheduler::{Core, OP_FOREVER, OP_LOOKUP, OP_PAUSE, OP_READ, OP_TIMER_DONE, OP_WRITE};
 
@@ -40,8 +41,8 @@ fn copas_core(lua: &Lua) -> mlua::Result<Table> {
     module.set("OP_READ", OP_READ)?;
     module.set("OP_WRITE", OP_WRITE)?;
     module.set("OP_LOOKUP", OP_LOOKUP)?;
-    module.set("MODE_LINE", MODE_LINE)?;
-    module.set("MODE_ALL", MODE_ALL)?;
+    module.set("MODE_LINE", hotpath::MODE_LINE)?;
+    module.set("MODE_ALL", hotpath::MODE_ALL)?;
     module.set(
         "gettime",
         lua.create_function(|_, ()| Ok(stats::epoch_seconds()))?,
@@ -155,20 +156,8 @@ fn new_instance(lua: &Lua) -> mlua::Result<Table> {
         c.take_stats(&out)
     })?;
     add_socket_functions(lua, &t, &core)?;
+    hotpath::register(lua, &t, &core)?;
     Ok(t)
-}
-
-/// Receive patterns for `recv` (anything else is a byte count).
-const MODE_LINE: i64 = 1;
-const MODE_ALL: i64 = 2;
-
-/// A receive byte count: an integer or a float (truncated, as LuaSocket's C cast does).
-fn byte_count(v: &Value) -> usize {
-    match *v {
-        Value::Integer(n) => n.max(0) as usize,
-        Value::Number(n) if n > 0.0 => n as usize,
-        _ => 0,
-    }
 }
 
 /// A descriptor from Lua: `getfd()` gives a float on 5.3+ and -1 for none.
@@ -229,37 +218,6 @@ fn add_socket_functions(lua: &Lua, t: &Table, core: &Rc<Core>) -> mlua::Result<(
         core,
         "adopt",
         |_, c, (skt, fd): (AnyUserData, f64)| c.adopt_conn(&skt, fd_arg(fd)),
-    )?;
-    add(
-        lua,
-        t,
-        core,
-        "recv",
-        |lua,
-         c,
-         (skt, mode, count, prefix, partial): (
-            AnyUserData,
-            i64,
-            Value,
-            Option<LuaString>,
-            bool,
-        )| {
-            let pattern = match mode {
-                MODE_LINE => io::Pattern::Line,
-                MODE_ALL => io::Pattern::All,
-                _ => io::Pattern::Count(byte_count(&count)),
-            };
-            c.recv(lua, &skt, pattern, prefix, partial)
-        },
-    )?;
-    add(
-        lua,
-        t,
-        core,
-        "send",
-        |_, c, (skt, data, i, j): (AnyUserData, LuaString, Option<f64>, Option<f64>)| {
-            Ok(c.send(&skt, &data, i, j))
-        },
     )?;
     add(lua, t, core, "resolve", |_, c, host: String| {
         c.resolve(host)

@@ -359,29 +359,14 @@ impl Sched {
 /// `t_tcp` struct starts with its `t_socket` (an int; -1 once closed). Also the object's
 /// address, which identifies it. The shim only passes objects whose metatable is LuaSocket's
 /// `tcp{client}` class, and `adopt` checks the read against `getfd()` first.
-fn luasocket_fd(skt: &AnyUserData) -> (usize, RawFd) {
-    let p = skt.to_pointer() as *const RawFd;
+fn luasocket_fd(skt: *const c_void) -> (usize, RawFd) {
+    let p = skt as *const RawFd;
     if p.is_null() {
         return (0, -1);
     }
     // SAFETY: `p` points to the userdata block of a live LuaSocket tcp object (the shim checks
     // its class; `adopt` verified the layout against getfd()), whose first member is the fd.
     (p as usize, unsafe { p.read_unaligned() })
-}
-
-fn str_value(lua: &Lua, s: &[u8]) -> mlua::Result<Value> {
-    Ok(Value::String(lua.create_string(s)?))
-}
-
-/// `prefix .. data` as a Lua string.
-fn bytes_value(lua: &Lua, prefix: &[u8], data: &[u8]) -> mlua::Result<Value> {
-    if prefix.is_empty() {
-        return str_value(lua, data);
-    }
-    let mut all = Vec::with_capacity(prefix.len() + data.len());
-    all.extend_from_slice(prefix);
-    all.extend_from_slice(data);
-    str_value(lua, &all)
 }
 
 /// Lua-side storage for the values the scheduler refers to by key.
@@ -412,12 +397,10 @@ fn foreign_yield_error(lua: &Lua) -> Value {
         .map_or(Value::Nil, Value::String)
 }
 
-/// Interned strings, so that checking table keys once per step (and answering "timeout" on
-/// every wait) costs no string hashing.
+/// Interned table keys, so that checking them once per step costs no string hashing.
 struct Keys {
     step: LuaString,
     finished: LuaString,
-    timeout: LuaString,
 }
 
 pub struct Core {
@@ -463,7 +446,6 @@ impl Core {
             keys: Keys {
                 step: lua.create_string("step")?,
                 finished: lua.create_string("finished")?,
-                timeout: lua.create_string("timeout")?,
             },
             store: Store { threads, forever },
             hooks: RefCell::new(Hooks {
@@ -903,7 +885,7 @@ impl Core {
     /// `getfd()` said; the descriptor is also read from the object itself on every call (so a
     /// socket closed behind copas's back reads as closed), and the two must agree here.
     pub fn adopt_conn(&self, skt: &AnyUserData, getfd: RawFd) -> mlua::Result<bool> {
-        let (owner, fd) = luasocket_fd(skt);
+        let (owner, fd) = luasocket_fd(skt.to_pointer());
         if fd < 0 || fd != getfd {
             return Ok(false);
         }
@@ -915,67 +897,35 @@ impl Core {
         Ok(true)
     }
 
-    /// `receive` on an adopted connection. Returns LuaSocket's results; `"timeout"` means
-    /// "wait for readability" (with `partial`, the bytes buffered so far come back and leave the
-    /// buffer, as LuaSocket's partial result).
+    /// `receive` on an adopted connection (the LuaSocket object at `skt`). `have` is the length
+    /// of the caller's prefix. See `hotpath.rs` for the results.
     pub fn recv(
         &self,
-        lua: &Lua,
-        skt: &AnyUserData,
+        skt: *const c_void,
         pattern: Pattern,
-        prefix: Option<LuaString>,
+        have: usize,
         partial: bool,
-    ) -> mlua::Result<(Value, Value, Value)> {
+    ) -> Received {
         let (owner, fd) = luasocket_fd(skt);
-        let prefix_bytes = prefix.as_ref().map(|p| p.as_bytes().to_vec());
-        let prefix_bytes = prefix_bytes.as_deref().unwrap_or_default();
         if fd < 0 {
-            return Ok((
-                Value::Nil,
-                str_value(lua, b"closed")?,
-                bytes_value(lua, prefix_bytes, b"")?,
-            ));
+            return Received::Failed("closed", Vec::new());
         }
-        let received = {
-            let mut s = self.sched.borrow_mut();
-            s.sockets
-                .receive(fd, owner, pattern, prefix_bytes.len(), partial)
-        };
-        Ok(match received {
-            Received::Done(data) => (
-                bytes_value(lua, prefix_bytes, &data)?,
-                Value::Nil,
-                Value::Nil,
-            ),
-            // The common wait: no partial asked for, nothing new made.
-            Received::WouldBlock(_) if !partial => (
-                Value::Nil,
-                Value::String(self.keys.timeout.clone()),
-                Value::Nil,
-            ),
-            Received::WouldBlock(part) => (
-                Value::Nil,
-                Value::String(self.keys.timeout.clone()),
-                bytes_value(lua, prefix_bytes, &part)?,
-            ),
-            Received::Failed(err, part) => (
-                Value::Nil,
-                str_value(lua, err.as_bytes())?,
-                bytes_value(lua, prefix_bytes, &part)?,
-            ),
-        })
+        self.sched
+            .borrow_mut()
+            .sockets
+            .receive(fd, owner, pattern, have, partial)
     }
 
-    /// `send(data, i, j)` on an adopted connection, with LuaSocket's index rules and results.
+    /// `send(data, i, j)` on a LuaSocket TCP connection, with LuaSocket's index rules; returns
+    /// the last index sent and the error that stopped it.
     pub fn send(
         &self,
-        skt: &AnyUserData,
-        data: &LuaString,
+        skt: *const c_void,
+        bytes: &[u8],
         i: Option<f64>,
         j: Option<f64>,
-    ) -> (Option<f64>, Option<&'static str>, Option<f64>) {
+    ) -> (f64, Option<&'static str>) {
         let (_, fd) = luasocket_fd(skt);
-        let bytes = data.as_bytes();
         let size = bytes.len() as i64;
         let mut start = i.unwrap_or(1.0) as i64;
         let mut end = j.unwrap_or(-1.0) as i64;
@@ -988,18 +938,14 @@ impl Core {
         start = start.max(1);
         end = end.min(size);
         if fd < 0 {
-            return (None, Some("closed"), Some((start - 1) as f64));
+            return ((start - 1) as f64, Some("closed"));
         }
         let (sent, err) = if start <= end {
             io::send(fd, &bytes[(start - 1) as usize..end as usize])
         } else {
             (0, None)
         };
-        let last = (start - 1 + sent as i64) as f64;
-        match err {
-            None => (Some(last), None, None),
-            Some(e) => (None, Some(e), Some(last)),
-        }
+        ((start - 1 + sent as i64) as f64, err)
     }
 
     pub fn add_server(&self, fd: RawFd, udp: bool) -> mlua::Result<()> {
