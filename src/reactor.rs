@@ -5,8 +5,9 @@
 //! never opens an epoll descriptor, and a step with nothing registered waits with a plain sleep.
 //!
 //! Sockets are LuaSocket's (or LuaSec's): the fd is borrowed through `SourceFd`, never owned.
-//! Each fd is registered once, for both directions; the copas shim always tries an operation
-//! before it waits, so an edge that arrives while nobody waits is simply not needed.
+//! Each fd is registered once for reading; writability is asked for only while somebody waits
+//! to write (otherwise every ACK of a response would report an edge). The copas shim always
+//! tries an operation before it waits, so an edge that arrives while nobody waits is not needed.
 
 use std::io;
 use std::os::fd::RawFd;
@@ -51,10 +52,15 @@ impl Reactor {
         Ok(self.poll.as_mut().expect("poll was just made"))
     }
 
-    /// Registers `fd` for both directions. A descriptor already in this epoll set (the same
-    /// file under a new object, e.g. after a TLS wrap) is modified instead.
-    pub fn register(&mut self, fd: RawFd) -> io::Result<()> {
-        let interest = Interest::READABLE | Interest::WRITABLE;
+    /// Registers `fd` for reading, and writing if `write`. A descriptor already in this epoll
+    /// set (the same file under a new object, e.g. after a TLS wrap) is modified instead; epoll
+    /// then reports the current readiness again, so nothing is missed by the change.
+    pub fn register(&mut self, fd: RawFd, write: bool) -> io::Result<()> {
+        let interest = if write {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
         let registry = self.poll()?.registry();
         let token = Token(fd as usize);
         match registry.register(&mut SourceFd(&fd), token, interest) {

@@ -821,6 +821,13 @@ impl Core {
         }
         let any = !claimed.is_empty();
         claimed.clear();
+        if write && !any {
+            // Nobody waits to write any more: stop the writability edges.
+            let mut s = self.sched.borrow_mut();
+            if s.sockets.set_write_interest(fd, false) {
+                let _ = s.reactor.register(fd, false);
+            }
+        }
         // The list's allocation goes back for the next wait on this fd.
         self.sched
             .borrow_mut()
@@ -866,7 +873,9 @@ impl Core {
         if fd < 0 {
             return Ok(false);
         }
-        Ok(self.sched.borrow_mut().reactor.register(fd).is_ok())
+        let mut s = self.sched.borrow_mut();
+        let write = s.sockets.wants_write(fd);
+        Ok(s.reactor.register(fd, write).is_ok())
     }
 
     /// `copas.close`: before the descriptor goes away, every task waiting on it is woken (its
@@ -890,7 +899,8 @@ impl Core {
             return Ok(false);
         }
         let mut s = self.sched.borrow_mut();
-        if s.reactor.register(fd).is_err() {
+        let write = s.sockets.wants_write(fd);
+        if s.reactor.register(fd, write).is_err() {
             return Ok(false);
         }
         *s.sockets.conn(fd, owner) = Conn::new(owner);
@@ -950,7 +960,10 @@ impl Core {
 
     pub fn add_server(&self, fd: RawFd, udp: bool) -> mlua::Result<()> {
         let mut s = self.sched.borrow_mut();
-        s.reactor.register(fd).map_err(mlua::Error::external)?;
+        s.reactor
+            .register(fd, false)
+            .map_err(mlua::Error::external)?;
+        s.sockets.set_write_interest(fd, false);
         let kind = if udp { Server::Udp } else { Server::Tcp };
         // Connections queued already are reported at once: epoll checks readiness on add.
         s.sockets.set_server(fd, kind);
@@ -1233,6 +1246,11 @@ impl Core {
                 };
                 let fd = fd as RawFd;
                 let write = op == OP_WRITE;
+                if write && s.sockets.set_write_interest(fd, true) {
+                    // Failing means the fd was closed behind copas's back: the wait then ends
+                    // by its deadline or never, as a wait on a closed socket in upstream.
+                    let _ = s.reactor.register(fd, true);
+                }
                 let at = s.deadline_at(arg2);
                 let gen = s.tasks[key].gen;
                 s.sockets.add_waiter(fd, write, (key, gen));

@@ -29,6 +29,8 @@ struct Fd {
     server: Server,
     /// The receive buffer, for a connection copas reads itself (see `io.rs`).
     conn: Option<Conn>,
+    /// Writability is in the epoll interest (only while somebody waits to write).
+    write_interest: bool,
 }
 
 #[derive(Default)]
@@ -74,6 +76,17 @@ impl Sockets {
     /// Every waiter of one direction, in the order they started waiting.
     pub fn take_waiters(&mut self, fd: RawFd, write: bool) -> Vec<TaskRef> {
         std::mem::take(self.list(fd, write))
+    }
+
+    /// Whether writability is in the epoll interest of `fd`.
+    pub fn wants_write(&self, fd: RawFd) -> bool {
+        self.fds.get(fd as usize).is_some_and(|f| f.write_interest)
+    }
+
+    /// Records whether writability is asked for; returns whether that changed.
+    pub fn set_write_interest(&mut self, fd: RawFd, on: bool) -> bool {
+        let slot = self.slot(fd);
+        std::mem::replace(&mut slot.write_interest, on) != on
     }
 
     /// Returns an emptied waiter list so its allocation serves the next waits, unless new
@@ -154,6 +167,7 @@ impl Sockets {
         self.set_server(fd, Server::None);
         let slot = &mut self.fds[fd as usize];
         slot.conn = None;
+        slot.write_interest = false;
         let mut waiters = std::mem::take(&mut slot.readers);
         waiters.append(&mut slot.writers);
         waiters
