@@ -119,6 +119,43 @@ describe("copas.status", function()
     assert.equal(0, s.write)
   end)
 
+  it("counts a registered server in 'read' until it is removed", function()
+    local net = require("spec.support.net")
+    local srv = net.server()
+    copas.addserver(srv, function() end)
+    assert.equal(1, copas.status().read)
+    assert.equal(0, copas.status().write)
+    copas.removeserver(srv, true)
+    assert.equal(0, copas.status().read)
+    net.closeall()
+  end)
+
+  it("counts sockets with a thread waiting to read in 'read', and to write in 'write'", function()
+    local net = require("spec.support.net")
+    local a, b = net.pair()
+    local seen
+    copas.addthread(function() copas.receive(a, "*l") end)
+    copas.addthread(function()
+      local chunk = ("x"):rep(65536)
+      while copas.send(b, chunk) do end   -- nobody reads a's side: b's buffers fill up
+    end)
+    copas.addthread(function()
+      for _ = 1, 200 do
+        copas.pause(0.01)
+        local s = copas.status()
+        if s.write == 1 then seen = s break end
+      end
+      copas.close(a)
+      copas.close(b)
+    end)
+    run(copas, 5)
+    assert.is_table(seen, "the writer never blocked")
+    assert.equal(1, seen.read)
+    assert.equal(1, seen.write)
+    assert.equal(0, copas.status().read)
+    net.closeall()
+  end)
+
   it("ignores arguments other than the booleans true and false", function()
     for _, v in ipairs({ 1, "yes", {}, 0, "true" }) do
       local s = copas.status(v)
