@@ -371,7 +371,7 @@ local read_timeouts = setmetatable({}, { __mode = "k" })
 local function set_one(store, skt, value, what)
   if value == nil then return true end
   if type(value) ~= "number" then return nil, what .. " timeout must be 'nil' or a number" end
-  if value < 0 then value = nil end
+  if value < 0 or value == huge then value = nil end   -- both mean "no timeout": no entry
   store[skt] = value
   return true
 end
