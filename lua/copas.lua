@@ -39,11 +39,48 @@ local huge = math.huge
 -- LuaJIT nil there. On PUC 5.1, coxpcall runs protected code in helper coroutines and maps them
 -- back to the copas thread, as upstream does.
 local running
+-- A pcall that a copas thread may yield through (PUC 5.1's own cannot).
+local yieldable_pcall = pcall
 if _VERSION == "Lua 5.1" and not jit then
   local coxpcall = optional("coxpcall")
   running = coxpcall and coxpcall.running or coroutine.running
+  yieldable_pcall = coxpcall and coxpcall.pcall or pcall
 else
   running = coroutine.running   -- its second result tells the main thread (waiting_thread)
+end
+
+-- LuaSocket's protect/newtry/try are C functions built on lua_pcall: code they protect cannot
+-- yield on PUC 5.1, so a copas socket call inside them would fail there. As upstream, copas
+-- replaces them in the shared socket table with Lua versions (a failed try raises a table that
+-- protect turns back into nil, message). An error that is not a try's is raised again as it
+-- was (upstream prefixes string errors with its own position at every protect layer).
+if socket then
+  local try_error_mt = {
+    __tostring = function(e) return "Copas 'try' error intermediate table: '" .. e[1] .. "'" end,
+  }
+
+  socket.newtry = function(finalizer)
+    return function(...)
+      if (...) then return ... end
+      if finalizer then yieldable_pcall(finalizer, select(2, ...)) end
+      error(setmetatable({ (select(2, ...)) }, try_error_mt), 0)
+    end
+  end
+
+  socket.try = socket.newtry()
+
+  local function protected_results(ok, ...)
+    if ok then return ... end
+    local err = ...
+    if getmetatable(err) == try_error_mt then return nil, err[1] end
+    error(err, 0)
+  end
+
+  socket.protect = function(func)
+    return function(...)
+      return protected_results(yieldable_pcall(func, ...))
+    end
+  end
 end
 
 
@@ -740,18 +777,31 @@ function copas.connect(skt, host, port)
   return ok, err
 end
 
+-- The first address of `host` in the family of the (UDP) socket, which cannot change it.
+local function address_of(skt, host)
+  local list, err = addresses(host, nil)
+  if not list then return nil, err end
+  local ok, family = pcall(skt.getfamily, skt)
+  local v6 = ok and family == "inet6"
+  for i = 1, #list do
+    local a = list[i]
+    if type(a) == "string" and (a:find(":", 1, true) ~= nil) == v6 then return a end
+  end
+  return list[1]
+end
+
 function copas.sendto(skt, data, ip, port)
   check_socket(skt, 1, "sendto")
   skt = unwrap(skt)
-  local list, err = addresses(ip, nil)
-  if not list then return nil, err end
-  return skt:sendto(data, list[1], port)
+  local address, err = address_of(skt, ip)
+  if address == nil and err then return nil, err end
+  return skt:sendto(data, address, port)
 end
 
 local function setpeername(skt, host, ...)
-  local list, err = addresses(host, nil)
-  if not list then return nil, err end
-  return skt:setpeername(list[1], ...)
+  local address, err = address_of(skt, host)
+  if address == nil and err then return nil, err end
+  return skt:setpeername(address, ...)
 end
 
 
