@@ -132,12 +132,13 @@ describe("copas.status", function()
 
   it("counts sockets with a thread waiting to read in 'read', and to write in 'write'", function()
     local net = require("spec.support.net")
-    local a, b = net.pair()
+    local quiet = net.pair()        -- nothing ever arrives here: its reader waits
+    local _, flooded = net.pair()   -- nobody reads the other end: its writer blocks
     local seen
-    copas.addthread(function() copas.receive(a, "*l") end)
+    copas.addthread(function() copas.receive(quiet, "*l") end)
     copas.addthread(function()
       local chunk = ("x"):rep(65536)
-      while copas.send(b, chunk) do end   -- nobody reads a's side: b's buffers fill up
+      while copas.send(flooded, chunk) do end
     end)
     copas.addthread(function()
       for _ = 1, 200 do
@@ -145,8 +146,8 @@ describe("copas.status", function()
         local s = copas.status()
         if s.write == 1 then seen = s break end
       end
-      copas.close(a)
-      copas.close(b)
+      copas.close(quiet)
+      copas.close(flooded)
     end)
     run(copas, 5)
     assert.is_table(seen, "the writer never blocked")
