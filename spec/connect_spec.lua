@@ -54,6 +54,25 @@ describe("copas.connect", function()
   local copas
   before_each(function() copas = helper.fresh_copas() end)
 
+  it("never resumes a thread removed while its host name is being looked up", function()
+    local srv, port = echo_server(copas)
+    local resumed = false
+    local t0 = clock()
+    local connector = copas.addthread(function()
+      copas.connect(socket.tcp(), "localhost", port)   -- waits for the lookup thread
+      resumed = true
+    end)
+    copas.addthread(function()
+      copas.pause(0)              -- the connector has started its lookup by now
+      copas.removethread(connector)
+      copas.pause(0.2)            -- the lookup has long finished
+      copas.removeserver(srv)
+    end)
+    helper.loop(copas, 5)
+    assert.is_false(resumed)
+    assert.is_true(clock() - t0 < 2)
+  end)
+
   it("returns 1 (LuaSocket's success value) on success", function()
     local srv, port = echo_server(copas)
     local r, n

@@ -1044,15 +1044,18 @@ impl Core {
         self.sched.borrow_mut().resolver.take(id as u64)
     }
 
-    /// Lookups that finished: their waiters become ready.
+    /// Lookups that finished: their waiters become ready. (A thread yields for its lookup in the
+    /// same turn it starts it, so an answer without a waiter was abandoned.)
     fn collect_lookups(&self) {
         let mut s = self.sched.borrow_mut();
         for id in s.resolver.collect() {
-            if let Some((key, gen)) = s.lookup_waiters.remove(&id) {
-                let waiting = matches!(s.task(key, gen), Some(t) if matches!(t.wait, Wait::Lookup { id: i, .. } if i == id));
-                if waiting {
-                    s.end_io_wait(key, true, true);
-                }
+            let waiter = s.lookup_waiters.remove(&id).filter(|&(key, gen)| {
+                matches!(s.task(key, gen), Some(t) if matches!(t.wait, Wait::Lookup { id: i, .. } if i == id))
+            });
+            match waiter {
+                Some((key, _)) => s.end_io_wait(key, true, true),
+                // Its thread was removed while the lookup ran: nobody will take the answer.
+                None => drop(s.resolver.take(id)),
             }
         }
     }
