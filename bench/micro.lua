@@ -12,7 +12,7 @@
 -- Every case checks its own result (counts, order, hand-offs) after copas.loop() returns and
 -- exits non-zero with "CHECK FAILED" if it is wrong, so a broken implementation cannot look fast.
 -- Output (stdout), one line each:
---   IMPL <copas._VERSION> | core=<yes|no> | file=<where copas.lua came from> | <Lua version>
+--   IMPL <copas._VERSION> | core=<yes|no> | file=<the copas.lua loaded> | <Lua version>
 --   CASE <name> ok proc=<process CPU s> cpu=<case CPU s> wall=<case wall s> <details>
 
 local case = arg[1]
@@ -28,25 +28,8 @@ require("copas.timer")
 ---------------------------------------------------------------------------------------------------
 -- which implementation is this?
 ---------------------------------------------------------------------------------------------------
-local function where(modname)
-  if package.searchpath then
-    return package.searchpath(modname, package.path) or "?"
-  end
-  -- Lua 5.1 has no package.searchpath (LuaJIT has)
-  local name = modname:gsub("%.", "/")
-  for template in package.path:gmatch("[^;]+") do
-    local file = template:gsub("%?", name)
-    local f = io.open(file, "r")
-    if f then f:close() return file end
-  end
-  return "?"
-end
 
-local runtime = (type(jit) == "table" and jit.version) or _VERSION
-print(string.format("IMPL %s | core=%s | file=%s | %s",
-  tostring(copas._VERSION),
-  package.loaded["copas.core"] and "yes" or "no",
-  where("copas"), runtime))
+print(dofile((arg[0]:match("^(.*)/") or ".") .. "/impl_line.lua")(copas))
 
 ---------------------------------------------------------------------------------------------------
 -- helpers

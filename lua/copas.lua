@@ -578,8 +578,10 @@ local function adopt(skt)
   return fd
 end
 
--- The core's code for a receive pattern; nil for what only LuaSocket knows how to refuse.
-local function mode_of(pattern)
+-- The core's code for a receive pattern (and prefix); nil for what only LuaSocket knows how to
+-- refuse.
+local function mode_of(pattern, prefix)
+  if prefix ~= nil and type(prefix) ~= "string" then return nil end
   if pattern == "*l" then return MODE_LINE end
   if pattern == "*a" then return MODE_ALL end
   if type(pattern) == "number" and pattern >= 0 then return 0 end
@@ -600,19 +602,6 @@ local function receive_adopted(skt, fd, mode, pattern, prefix)
   return nil, timeout_error(err), part
 end
 
-local function receivepartial_adopted(skt, fd, mode, pattern, prefix)
-  local known = type(prefix) == "string" and #prefix or 0
-  local deadline, armed, ready
-  while true do
-    local data, err, part = sched_recv(skt, mode, pattern, prefix, true)
-    spend()
-    if data or err ~= "timeout" or #part > known then return data, err, part end
-    if armed and not ready then return nil, timeout_error(err), part end
-    if not armed then deadline, armed = deadline_for(read_timeouts[skt]), true end
-    ready = yield(TOKEN, OP_READ, fd, deadline) == 1
-  end
-end
-
 function copas.receive(skt, pattern, prefix)
   -- the first lines are the hot path of every server: a connection copas reads itself
   local fd = adopted[skt]
@@ -622,8 +611,8 @@ function copas.receive(skt, pattern, prefix)
     fd = adopted[skt] or adopt(skt)
   end
   pattern = pattern or "*l"
-  local mode = fd and mode_of(pattern)
-  if mode and (prefix == nil or type(prefix) == "string") then
+  local mode = fd and mode_of(pattern, prefix)
+  if mode then
     local data, err, part = sched_recv(skt, mode, pattern, prefix, false)
     io_budget = io_budget - 1
     if io_budget <= 0 then budget_spent() end
@@ -641,15 +630,16 @@ function copas.receivepartial(skt, pattern, prefix)
   check_socket(skt, 1, "receivepartial")
   skt = unwrap(skt)
   pattern = pattern or "*l"
-  local fd = adopted[skt] or adopt(skt)
-  local mode = fd and mode_of(pattern)
-  if mode and (prefix == nil or type(prefix) == "string") then
-    return receivepartial_adopted(skt, fd, mode, pattern, prefix)
-  end
+  local mode = (adopted[skt] or adopt(skt)) and mode_of(pattern, prefix)
   local known = type(prefix) == "string" and #prefix or 0
   local deadline, armed, ready
   while true do
-    local data, err, part = skt:receive(pattern, prefix)
+    local data, err, part
+    if mode then
+      data, err, part = sched_recv(skt, mode, pattern, prefix, true)
+    else
+      data, err, part = skt:receive(pattern, prefix)
+    end
     spend()
     if data or not RETRY[err] then return data, err, part end
     if type(part) == "string" and #part > known then return data, err, part end
@@ -710,8 +700,12 @@ end
 -- Names: looked up off the loop thread
 -------------------------------------------------------------------------------
 
+local function is_ipv4(host)
+  return host:match("^%d+%.%d+%.%d+%.%d+$") ~= nil
+end
+
 local function is_numeric_host(host)
-  return host:match("^%d+%.%d+%.%d+%.%d+$") ~= nil or host:find(":", 1, true) ~= nil
+  return is_ipv4(host) or host:find(":", 1, true) ~= nil
 end
 
 local function in_copas_thread()
@@ -736,7 +730,7 @@ end
 -- LuaSocket ties a socket to the address family of its first connect. After an IPv6 address
 -- failed, an IPv4 address is reached through the same socket as an IPv4-mapped IPv6 address.
 local function address_for(skt, address, attempt)
-  if attempt == 1 or not address:match("^%d+%.%d+%.%d+%.%d+$") then return address end
+  if attempt == 1 or not is_ipv4(address) then return address end
   local ok, family = pcall(skt.getfamily, skt)
   if ok and family == "inet6" and skt:setoption("ipv6-v6only", false) then
     return "::ffff:" .. address

@@ -15,6 +15,7 @@ use std::io::{self, Read, Write};
 use std::mem::ManuallyDrop;
 use std::net::TcpStream;
 use std::os::fd::{FromRawFd, RawFd};
+use std::os::raw::c_void;
 
 /// What to read.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -191,6 +192,20 @@ impl Conn {
         }
         Received::Failed(err, rest)
     }
+}
+
+/// The descriptor a LuaSocket TCP object holds, read from the object itself: LuaSocket's
+/// `t_tcp` struct starts with its `t_socket` (an int; -1 once closed). Also the object's
+/// address, which identifies it. The shim only passes objects whose metatable is LuaSocket's
+/// `tcp{client}` class, and `adopt` checks the read against `getfd()` first.
+pub fn luasocket_fd(skt: *const c_void) -> (usize, RawFd) {
+    let p = skt as *const RawFd;
+    if p.is_null() {
+        return (0, -1);
+    }
+    // SAFETY: `p` points to the userdata block of a live LuaSocket tcp object (the shim checks
+    // its class; `adopt` verified the layout against getfd()), whose first member is the fd.
+    (p as usize, unsafe { p.read_unaligned() })
 }
 
 /// Sends `data` (already cut to the range asked for) and returns how many bytes went out, and

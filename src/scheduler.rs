@@ -17,7 +17,7 @@ use mlua::{ffi, AnyUserData, Function, Lua, LuaString, Table, Thread, Value};
 use slab::Slab;
 
 use crate::dns::{Answer, Resolver};
-use crate::io::{self, Conn, Pattern, Received};
+use crate::io::{self, luasocket_fd, Conn, Pattern, Received};
 use crate::raw::SlotClearer;
 use crate::reactor::{Reactor, Ready};
 use crate::resume::{resume, Arg, Outcome, ValueBox};
@@ -353,20 +353,6 @@ impl Sched {
         }
         fds
     }
-}
-
-/// The descriptor a LuaSocket TCP object holds, read from the object itself: LuaSocket's
-/// `t_tcp` struct starts with its `t_socket` (an int; -1 once closed). Also the object's
-/// address, which identifies it. The shim only passes objects whose metatable is LuaSocket's
-/// `tcp{client}` class, and `adopt` checks the read against `getfd()` first.
-fn luasocket_fd(skt: *const c_void) -> (usize, RawFd) {
-    let p = skt as *const RawFd;
-    if p.is_null() {
-        return (0, -1);
-    }
-    // SAFETY: `p` points to the userdata block of a live LuaSocket tcp object (the shim checks
-    // its class; `adopt` verified the layout against getfd()), whose first member is the fd.
-    (p as usize, unsafe { p.read_unaligned() })
 }
 
 /// Lua-side storage for the values the scheduler refers to by key.

@@ -20,16 +20,6 @@ local port = tonumber(arg[1]) or error("usage: lua receiver.lua PORT 8192|all")
 local mode = arg[2] or "8192"
 local byte = string.byte
 
-local function where(modname)
-  if package.searchpath then return package.searchpath(modname, package.path) or "?" end
-  local name = modname:gsub("%.", "/")
-  for template in package.path:gmatch("[^;]+") do
-    local file = template:gsub("%?", name)
-    local f = io.open(file, "r")
-    if f then f:close() return file end
-  end
-  return "?"
-end
 
 local server = assert(socket.bind("127.0.0.1", port, 16))
 
@@ -73,9 +63,7 @@ copas.addserver(server, function(c)
   copas.removeserver(server)
 end)
 
-print(string.format("IMPL %s | core=%s | file=%s | %s", tostring(copas._VERSION),
-  package.loaded["copas.core"] and "yes" or "no", where("copas"),
-  (type(jit) == "table" and jit.version) or _VERSION))
+print(dofile((arg[0]:match("^(.*)/") or ".") .. "/../impl_line.lua")(copas))
 print("ready")
 io.stdout:flush()
 
