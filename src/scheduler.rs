@@ -13,12 +13,12 @@ use std::os::fd::RawFd;
 use std::os::raw::c_void;
 use std::time::Duration;
 
-use mlua::{ffi, AnyUserData, Function, Lua, LuaString, Table, Thread, Value};
+use mlua::{ffi, AnyUserData, Function, Lua, Table, Thread, Value};
 use slab::Slab;
 
 use crate::dns::{Answer, Resolver};
 use crate::io::{self, luasocket_fd, Conn, Pattern, Received};
-use crate::raw::SlotClearer;
+use crate::raw::{EntryWatch, SlotClearer};
 use crate::reactor::{Reactor, Ready};
 use crate::resume::{resume, Arg, Outcome, ValueBox};
 use crate::sockets::{Server, Sockets, TaskRef};
@@ -383,16 +383,9 @@ fn foreign_yield_error(lua: &Lua) -> Value {
         .map_or(Value::Nil, Value::String)
 }
 
-/// Interned table keys, so that checking them once per step costs no string hashing.
-struct Keys {
-    step: LuaString,
-    finished: LuaString,
-}
-
 pub struct Core {
     sched: RefCell<Sched>,
     clear_threads: SlotClearer,
-    keys: Keys,
     store: Store,
     hooks: RefCell<Hooks>,
     values: ValueBox,
@@ -429,10 +422,6 @@ impl Core {
                 lookup_waiters: HashMap::new(),
                 stats: Stats::default(),
             }),
-            keys: Keys {
-                step: lua.create_string("step")?,
-                finished: lua.create_string("finished")?,
-            },
             store: Store { threads, forever },
             hooks: RefCell::new(Hooks {
                 on_error: None,
@@ -1057,9 +1046,9 @@ impl Core {
         finished: &Function,
         timeout: Option<f64>,
     ) -> mlua::Result<bool> {
-        let same = |name: &LuaString, f: &Function| matches!(copas.raw_get::<Value>(name), Ok(Value::Function(g)) if g == *f);
+        let binding = EntryWatch::new(lua, copas, ["step", "finished"], [step, finished])?;
         loop {
-            if !same(&self.keys.step, step) || !same(&self.keys.finished, finished) {
+            if !binding.unchanged() {
                 return Ok(false);
             }
             self.step(lua, timeout)?;
