@@ -452,8 +452,10 @@ local function timeout_error(raw)
 end
 
 -- A deterministic fairness budget (upstream pauses at random after 10% of I/O calls): every
--- IO_BUDGET-th socket call yields once, so a socket that always has data cannot starve timers
--- or other threads, and math.random is left alone.
+-- IO_BUDGET-th socket call that does not wait yields once, so a socket that always has data
+-- cannot starve timers or other threads, and math.random is left alone. A call about to wait
+-- is not counted: its wait yields anyway, and a pause between its failed try and its wait would
+-- let the readiness it waits for go by unseen (edge-triggered: it would wait for ever).
 local IO_BUDGET = 32
 local io_budget = IO_BUDGET
 
@@ -463,7 +465,8 @@ local function budget_spent()
   if co ~= nil and not main then copas.pause() end
 end
 
-local function spend()
+local function spend(err)
+  if RETRY[err] then return end
   io_budget = io_budget - 1
   if io_budget <= 0 then budget_spent() end
 end
@@ -536,7 +539,7 @@ local function receive_waiting(skt, pattern, err, part)
     if ready == nil then return nil, "closed", join(pieces, n) end
     local data
     data, err, part = skt:receive(count and count - got or pattern)
-    spend()
+    spend(err)
     if data then
       n = n + 1
       pieces[n] = data
@@ -596,7 +599,7 @@ local function receive_adopted(skt, fd, mode, pattern, prefix)
     ready = yield(TOKEN, OP_READ, fd, deadline) == 1
     -- once out of time, what arrived so far comes back as the partial result
     data, err, part = sched_recv(skt, mode, pattern, prefix, not ready)
-    spend()
+    spend(err)
     if data or err ~= "timeout" then return data, err, part end
   until not ready
   return nil, timeout_error(err), part
@@ -614,13 +617,15 @@ function copas.receive(skt, pattern, prefix)
   local mode = fd and mode_of(pattern, prefix)
   if mode then
     local data, err, part = sched_recv(skt, mode, pattern, prefix, false)
-    io_budget = io_budget - 1
-    if io_budget <= 0 then budget_spent() end
-    if data or err ~= "timeout" then return data, err, part end
+    if data or err ~= "timeout" then
+      io_budget = io_budget - 1
+      if io_budget <= 0 then budget_spent() end
+      return data, err, part
+    end
     return receive_adopted(skt, fd, mode, pattern, prefix)
   end
   local data, err, part = skt:receive(pattern, prefix)
-  spend()
+  spend(err)
   if data or not RETRY[err] then return data, err, part end
   return receive_waiting(skt, pattern, err, part)
 end
@@ -640,9 +645,12 @@ function copas.receivepartial(skt, pattern, prefix)
     else
       data, err, part = skt:receive(pattern, prefix)
     end
-    spend()
+    spend(err)
     if data or not RETRY[err] then return data, err, part end
-    if type(part) == "string" and #part > known then return data, err, part end
+    if type(part) == "string" and #part > known then
+      spend()  -- it returns without waiting after all
+      return data, err, part
+    end
     if armed and not ready then return nil, timeout_error(err), part end
     if not armed then deadline, armed = deadline_for(read_timeouts[skt]), true end
     ready = wait_for(skt, direction(err, OP_READ), deadline)
@@ -658,7 +666,7 @@ function copas.receivefrom(skt, size)
   local deadline, armed, ready
   while true do
     local data, err, port = skt:receivefrom(size)
-    spend()
+    spend(err)
     if data or err ~= "timeout" then return data, err, port end
     if armed and not ready then return nil, timeout_error(err), nil end
     if not armed then deadline, armed = deadline_for(read_timeouts[skt]), true end
@@ -677,7 +685,7 @@ function copas.send(skt, data, i, j)
   local direct = is_client(skt) and type(data) == "string" and is_index(i) and is_index(j)
   local send = direct and sched_send or skt.send
   local last, err, sent = send(skt, data, i or 1, j)
-  spend()
+  spend(err)
   if last or not RETRY[err] then return last, err, sent end
   local deadline = deadline_for(send_timeouts[skt])
   local ready = true
@@ -687,7 +695,7 @@ function copas.send(skt, data, i, j)
     if ready == nil then return nil, "closed", sent end
     local start = (sent or (i or 1) - 1) + 1
     last, err, sent = send(skt, data, start, j)
-    spend()
+    spend(err)
     if last or not RETRY[err] then return last, err, sent end
   end
 end

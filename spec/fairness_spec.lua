@@ -68,6 +68,47 @@ describe("socket I/O fairness", function()
     assert.is_true(others >= 20, "the other thread ran " .. others .. " times in " .. RUN .. " s")
   end)
 
+  -- A call that is about to wait yields anyway. Pausing between its failed try and its wait
+  -- lets the readiness it waits for go by unseen: here a byte arrives during that pause, and
+  -- the receive then waited for ever (the 32nd call; seen as a rare hang of a large transfer).
+  for _, kind in ipairs({ "a plain TCP connection", "another socket object" }) do
+    it("never pauses between a failed try and its wait (" .. kind .. ")", function()
+      local net = require("spec.support.net")
+      local a, b = net.pair()
+      local reader_side = kind == "a plain TCP connection" and b or net.recorder(b)
+      local pause, sent = copas.pause, false
+      local function send_once()
+        if not sent then
+          sent = true
+          a:send("x")
+        end
+      end
+      copas.pause = function(...)  -- the fairness pause goes through the table
+        send_once()
+        return pause(...)
+      end
+      copas.addthread(function()
+        pause(0.05)
+        a:send("+" .. ("-"):rep(29))  -- the first receive waits for this: its socket is watched
+        pause(0.3)
+        send_once()  -- the last byte comes anyway, if no pause sent it
+      end)
+      -- Counted the old way (every try): the first receive's try and retry, 29 that do not
+      -- wait, then the 32nd call is a try that fails. It runs from the ready queue, so that a
+      -- pause there would last until after the next poll.
+      local results = {}
+      helper.run(copas, function()
+        for i = 1, 31 do
+          if i == 31 then pause(0) end
+          results[i] = copas.receive(reader_side, 1) or "nothing"
+        end
+      end, 3)
+      copas.pause = pause
+      assert.equal("+" .. ("-"):rep(29) .. "x", table.concat(results))
+      net.closeall()
+    end)
+  end
+
   -- FAILS on upstream 4.11: every receive/send iteration calls math.random(100) (§2.4 2b).
   it("does not consume math.random's sequence", function()
     local srv = assert(socket.bind("127.0.0.1", 0, 8))
