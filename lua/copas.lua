@@ -1383,6 +1383,27 @@ copas_mt.internal = {
   isgone = function(co)
     return removed[co] or coroutine.status(co) == "dead"
   end,
+
+  -- The semaphores of copas.semaphore live in the core, by id: count, line and timeouts.
+  semaphore = {
+    new = sched.semaphore_new,            -- (max, start) -> id
+    take = sched.semaphore_take,          -- (id, requested) -> true | false (wait) | error
+    give = sched.semaphore_give,          -- (id, amount) -> true | "too many"
+    counts = sched.semaphore_counts,      -- (id) -> count, resources waited for minus count
+    remove = sched.semaphore_remove,      -- (id, destroyed)
+    -- Waits in the line of semaphore `id`, handing over `count` if given (the running thread's
+    -- copas.timeout is cancelled, as upstream's take replaces it with its own). Returns 1
+    -- granted, 0 timeout, 2 destroyed.
+    wait = function(id, requested, timeout, count)
+      local co = running()
+      local existing = co and timeout_ids[co]
+      if existing then
+        cancel_timer(existing)
+        timeout_ids[co] = nil
+      end
+      return yield(TOKEN, core.OP_SEMAPHORE, id, requested, timeout, count)
+    end,
+  },
 }
 
 return copas

@@ -428,3 +428,69 @@ describe("copas.semaphore accounting", function()
     assert.equal(given - taken, sema:get_count())
   end)
 end)
+
+
+describe("copas.semaphore and the garbage collector", function()
+  local copas
+  before_each(function() copas = helper.fresh_copas() end)
+
+  it("keeps a thread waiting for ever alive while the semaphore lives, and serves it", function()
+    local sema = copas.semaphore.new(1, 0, math.huge)
+    local weak = setmetatable({}, { __mode = "k" })
+    local result
+    weak[copas.addthread(function() result = { sema:take() } end)] = true
+    run(copas, function()
+      copas.pause(1.2)  -- long enough to count as abandoned unless someone can wake it
+      collectgarbage()
+      collectgarbage()
+      copas.pause(0.05)
+      sema:give()
+      copas.pause(0.05)
+    end, 5)
+    assert.is_not_nil(next(weak))
+    assert.same({ true }, result)
+  end)
+
+  it("runs a long waiter it granted to, even when the semaphore is dropped at once", function()
+    local result
+    run(copas, function()
+      local sema = copas.semaphore.new(1, 0, math.huge)
+      copas.addthread(function() result = { sema:take() } end)
+      copas.pause(1.2)
+      sema:give()
+      sema = nil -- luacheck: ignore
+      collectgarbage()
+      collectgarbage()
+      copas.pause(0.05)
+    end, 5)
+    assert.same({ true }, result)
+  end)
+
+  it("still times out a waiter whose semaphore nobody can reach any more", function()
+    local result
+    run(copas, function()
+      copas.addthread(function() result = { copas.semaphore.new(1, 0, 1.5):take() } end)
+      copas.pause(1.3)
+      collectgarbage()
+      collectgarbage()
+      copas.pause(0.5)
+    end, 5)
+    assert.same({ nil, "timeout" }, result)
+  end)
+
+  it("lets a semaphore nobody can reach be collected with the threads waiting on it", function()
+    local weak = setmetatable({}, { __mode = "k" })
+    run(copas, function()
+      local sema = copas.semaphore.new(1, 0, math.huge)
+      weak[sema] = true
+      for _ = 1, 2 do
+        weak[copas.addthread(function() sema:take() end)] = true
+      end
+      copas.pause(0.05)
+    end, 5)
+    collectgarbage()
+    collectgarbage()
+    assert.is_nil(next(weak))
+    assert.equal(0, copas.status().inactive)
+  end)
+end)

@@ -1,6 +1,7 @@
-//! `recv` and `send` of a LuaSocket TCP connection as plain `lua_CFunction`s.
+//! The functions called per request or per hand-off, as plain `lua_CFunction`s: `recv` and
+//! `send` of a LuaSocket TCP connection, and `take`, `give` and the counts of a semaphore.
 //!
-//! A server calls these for every line and every response. Through an mlua callback each
+//! A server calls the first two for every line and every response. Through an mlua callback each
 //! argument and result passes mlua's reference stack: about 150 ns a call with a userdata and
 //! strings, against 30 ns for a callback without arguments (measured on 5.4). Here the arguments
 //! are read off the Lua stack and the results pushed directly.
@@ -17,13 +18,20 @@ use mlua::{ffi, Function, Lua, Table};
 
 use crate::io::{Pattern, Received};
 use crate::scheduler::Core;
+use crate::semaphore::Take;
 
 /// Receive patterns passed by the shim (anything else is a byte count).
 pub const MODE_LINE: i64 = 1;
 pub const MODE_ALL: i64 = 2;
 
 pub fn register(lua: &Lua, t: &Table, core: &Rc<Core>) -> mlua::Result<()> {
-    let fns: [(&str, ffi::lua_CFunction); 2] = [("recv", recv), ("send", send)];
+    let fns: [(&str, ffi::lua_CFunction); 5] = [
+        ("recv", recv),
+        ("send", send),
+        ("semaphore_take", semaphore_take),
+        ("semaphore_give", semaphore_give),
+        ("semaphore_counts", semaphore_counts),
+    ];
     for (name, f) in fns {
         let core_ptr = Rc::as_ptr(core) as *mut c_void;
         // SAFETY: the closure only pushes values onto the stack mlua prepared (with room for
@@ -64,6 +72,11 @@ unsafe fn push_with_prefix(l: *mut ffi::lua_State, have: usize, data: &[u8]) {
     }
 }
 
+/// Runs `f`, turning a panic (a bug of the core) into None instead of unwinding into Lua.
+fn caught<R>(f: impl FnOnce() -> R) -> Option<R> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).ok()
+}
+
 fn optional_number(l: *mut ffi::lua_State, idx: c_int) -> Option<f64> {
     let mut isnum: c_int = 0;
     // SAFETY: `l` is the running state; reading an argument slot is always allowed.
@@ -93,12 +106,8 @@ unsafe extern "C-unwind" fn recv(l: *mut ffi::lua_State) -> c_int {
         let received = if skt.is_null() {
             Received::Failed("closed", Vec::new())
         } else {
-            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                core.recv(skt, pattern, have, partial)
-            })) {
-                Ok(r) => r,
-                Err(_) => Received::Failed("internal error", Vec::new()),
-            }
+            caught(|| core.recv(skt, pattern, have, partial))
+                .unwrap_or(Received::Failed("internal error", Vec::new()))
         };
         // Pushing can raise (out of memory) and unwind past this frame; nothing below owns
         // memory but `received`, which then leaks instead of being freed twice.
@@ -148,8 +157,7 @@ unsafe extern "C-unwind" fn send(l: *mut ffi::lua_State) -> c_int {
         let bytes = std::slice::from_raw_parts(p as *const u8, len);
         let (i, j) = (optional_number(l, 3), optional_number(l, 4));
         let (last, err) =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| core.send(skt, bytes, i, j)))
-                .unwrap_or((0.0, Some("internal error")));
+            caught(|| core.send(skt, bytes, i, j)).unwrap_or((0.0, Some("internal error")));
         match err {
             None => {
                 ffi::lua_pushnumber(l, last);
@@ -161,6 +169,101 @@ unsafe extern "C-unwind" fn send(l: *mut ffi::lua_State) -> c_int {
                 ffi::lua_pushnumber(l, last);
                 3
             }
+        }
+    }
+}
+
+/// `semaphore_take(id, requested)`: `true` (granted), `false` (wait in line with OP_SEMAPHORE),
+/// or the error: "too many", "destroyed"; then the count if no waiter is left (the Lua side
+/// keeps it from then on).
+unsafe extern "C-unwind" fn semaphore_take(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: `register` made this closure; the arguments are read from their slots, and one
+    // value is pushed (a C function always has room for LUA_MINSTACK).
+    unsafe {
+        let core = core_of(l);
+        let id = ffi::lua_tointegerx(l, 1, ptr::null_mut());
+        let requested = ffi::lua_tonumberx(l, 2, ptr::null_mut());
+        let released = match caught(|| core.semaphore_take(id as i64, requested)) {
+            Some(Some((take, released))) => {
+                match take {
+                    Take::Granted => ffi::lua_pushboolean(l, 1),
+                    Take::Wait => ffi::lua_pushboolean(l, 0),
+                    Take::TooMany => push_bytes(l, b"too many"),
+                }
+                released
+            }
+            Some(None) => {
+                push_bytes(l, b"destroyed");
+                None
+            }
+            None => {
+                push_bytes(l, b"internal error");
+                None
+            }
+        };
+        push_released(l, released)
+    }
+}
+
+/// The second result of `semaphore_take` and `semaphore_give`: the released count, if any.
+///
+/// SAFETY (caller): `l` is the running state with room for one more value; one value is on the
+/// stack already as the first result.
+unsafe fn push_released(l: *mut ffi::lua_State, released: Option<f64>) -> c_int {
+    match released {
+        Some(count) => {
+            ffi::lua_pushnumber(l, count);
+            2
+        }
+        None => 1,
+    }
+}
+
+/// `semaphore_give(id, amount)`: `true`, or the error: "too many", "destroyed"; then the count
+/// if no waiter is left.
+unsafe extern "C-unwind" fn semaphore_give(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: as `semaphore_take`.
+    unsafe {
+        let core = core_of(l);
+        let id = ffi::lua_tointegerx(l, 1, ptr::null_mut());
+        let amount = ffi::lua_tonumberx(l, 2, ptr::null_mut());
+        let released = match caught(|| core.semaphore_give(id as i64, amount)) {
+            Some(Some((fits, released))) => {
+                if fits {
+                    ffi::lua_pushboolean(l, 1);
+                } else {
+                    push_bytes(l, b"too many");
+                }
+                released
+            }
+            Some(None) => {
+                push_bytes(l, b"destroyed");
+                None
+            }
+            None => {
+                push_bytes(l, b"internal error");
+                None
+            }
+        };
+        push_released(l, released)
+    }
+}
+
+/// `semaphore_counts(id)`: the count, the resources waited for minus the count, and whether no
+/// waiter is left; nothing when the semaphore is gone.
+unsafe extern "C-unwind" fn semaphore_counts(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: as `semaphore_take`, pushing two values.
+    unsafe {
+        let core = core_of(l);
+        let id = ffi::lua_tointegerx(l, 1, ptr::null_mut());
+        match caught(|| core.semaphore_counts(id as i64)).flatten() {
+            Some((count, wait, released)) => {
+                ffi::lua_pushnumber(l, count);
+                ffi::lua_pushnumber(l, wait);
+                ffi::lua_pushboolean(l, c_int::from(released));
+                3
+            }
+            _ => 0,
         }
     }
 }

@@ -11,6 +11,7 @@ mod raw;
 mod reactor;
 mod resume;
 mod scheduler;
+mod semaphore;
 mod sockets;
 mod stats;
 mod timers;
@@ -20,7 +21,9 @@ use std::rc::Rc;
 
 use mlua::{AnyUserData, Function, LightUserData, Lua, Table, Thread, Value};
 
-use scheduler::{Core, OP_FOREVER, OP_LOOKUP, OP_PAUSE, OP_READ, OP_TIMER_DONE, OP_WRITE};
+use scheduler::{
+    Core, OP_FOREVER, OP_LOOKUP, OP_PAUSE, OP_READ, OP_SEMAPHORE, OP_TIMER_DONE, OP_WRITE,
+};
 
 /// Its address marks a yield as coming from the copas shim.
 static TOKEN: u8 = 0;
@@ -41,6 +44,7 @@ fn copas_core(lua: &Lua) -> mlua::Result<Table> {
     module.set("OP_READ", OP_READ)?;
     module.set("OP_WRITE", OP_WRITE)?;
     module.set("OP_LOOKUP", OP_LOOKUP)?;
+    module.set("OP_SEMAPHORE", OP_SEMAPHORE)?;
     module.set("MODE_LINE", hotpath::MODE_LINE)?;
     module.set("MODE_ALL", hotpath::MODE_ALL)?;
     module.set(
@@ -91,6 +95,23 @@ fn new_instance(lua: &Lua) -> mlua::Result<Table> {
         },
     )?;
     add(lua, &t, &core, "finished", |_, c, ()| Ok(c.finished()))?;
+    add(
+        lua,
+        &t,
+        &core,
+        "semaphore_new",
+        |_, c, (max, start): (f64, f64)| c.semaphore_new(max, start),
+    )?;
+    add(
+        lua,
+        &t,
+        &core,
+        "semaphore_remove",
+        |_, c, (id, destroyed): (i64, bool)| {
+            c.semaphore_remove(id, destroyed);
+            Ok(())
+        },
+    )?;
     add(lua, &t, &core, "counts", |_, c, ()| Ok(c.counts()))?;
     add(lua, &t, &core, "add_timer", |_, c, delay: f64| {
         c.add_timer(delay)

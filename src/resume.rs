@@ -12,12 +12,8 @@ use mlua::{Lua, RegistryKey, Table, Value};
 
 /// What a resumed coroutine did.
 pub enum Outcome {
-    /// Yielded `(TOKEN, op, arg, arg2)`: a wait request from the copas shim.
-    Wait {
-        op: i64,
-        arg: Option<f64>,
-        arg2: Option<f64>,
-    },
+    /// Yielded `(TOKEN, op, args...)` (up to four numbers): a wait request from the copas shim.
+    Wait { op: i64, args: [Option<f64>; 4] },
     /// Yielded anything else: user code called `coroutine.yield` itself.
     ForeignYield,
     /// The body returned.
@@ -174,7 +170,6 @@ unsafe fn decode_wait(l: *mut ffi::lua_State, nres: c_int, token: *mut c_void) -
     };
     Outcome::Wait {
         op,
-        arg: number_at(2),
-        arg2: number_at(3),
+        args: [number_at(2), number_at(3), number_at(4), number_at(5)],
     }
 }

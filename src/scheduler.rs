@@ -18,9 +18,10 @@ use slab::Slab;
 
 use crate::dns::{Answer, Resolver};
 use crate::io::{self, luasocket_fd, Conn, Pattern, Received};
-use crate::raw::{EntryWatch, SlotClearer};
+use crate::raw::{EntryWatch, TaskSlots};
 use crate::reactor::{Reactor, Ready};
 use crate::resume::{resume, Arg, Outcome, ValueBox};
+use crate::semaphore::{Semaphore, Semaphores, Take};
 use crate::sockets::{Server, Sockets, TaskRef};
 use crate::stats::Stats;
 use crate::timers::{Deadlines, Entry, Target};
@@ -35,6 +36,13 @@ pub const OP_READ: i64 = 4;
 pub const OP_WRITE: i64 = 5;
 /// Wait for name lookup `arg` to finish, or until the deadline `arg2`; returns as OP_READ.
 pub const OP_LOOKUP: i64 = 6;
+/// Wait in the line of semaphore `arg` for `arg2` resources, at most `arg3` seconds (none: for
+/// ever); `arg4`, when given, is the count the Lua side kept while nobody waited. The yield
+/// returns 1 when granted, 0 on the timeout, 2 when the semaphore was destroyed.
+pub const OP_SEMAPHORE: i64 = 7;
+const GRANTED: f64 = 1.0;
+const TIMED_OUT: f64 = 0.0;
+const DESTROYED: f64 = 2.0;
 
 /// A wait at least this long (with nothing happening) counts as idle.
 const IDLE_WAIT: Duration = Duration::from_millis(100);
@@ -79,11 +87,8 @@ enum Wait {
     Sleeping(u64),
     /// `pause(math.huge)`: asleep for ever, and it keeps the loop alive (upstream quirk).
     SleepingUnbounded,
-    /// `pauseforever()`: until woken; does not keep the loop alive by itself. `weak` once the
-    /// coroutine was moved to `Store::forever`.
-    Forever {
-        weak: bool,
-    },
+    /// `pauseforever()`: until woken; does not keep the loop alive by itself.
+    Forever,
     /// Waiting for readiness of `fd`, at most until `at`.
     Io {
         fd: RawFd,
@@ -95,15 +100,27 @@ enum Wait {
         id: u64,
         at: Option<u64>,
     },
+    /// In the line of semaphore `id`, at most until `at`. Not ended by `copas.wakeup`; otherwise
+    /// a forever-sleeper (the semaphore's Lua object holds the coroutine while it may give).
+    Semaphore {
+        id: i64,
+        at: Option<u64>,
+    },
 }
 
 impl Wait {
     fn deadline(&self) -> Option<u64> {
         match *self {
             Wait::Sleeping(at) => Some(at),
-            Wait::Io { at, .. } | Wait::Lookup { at, .. } => at,
+            Wait::Io { at, .. } | Wait::Lookup { at, .. } | Wait::Semaphore { at, .. } => at,
             _ => None,
         }
+    }
+
+    /// A wait without a deadline, whose coroutine moves to `Store::forever` when it lasts
+    /// (`Core::demote`), to be collected if nothing can end it.
+    fn is_forever(&self) -> bool {
+        matches!(self, Wait::Forever | Wait::Semaphore { at: None, .. })
     }
 }
 
@@ -115,8 +132,11 @@ struct Task {
     /// Call the exit hook when the task ends (set by the shim: error handler, autoclose).
     notify_exit: bool,
     wait: Wait,
-    /// After an I/O or lookup wait: whether it ended by readiness (true) or by its deadline.
-    io_result: Option<bool>,
+    /// Its coroutine is in `Store::forever` (weak), moved there by a long forever-wait; it
+    /// goes back to `Store::threads` before the task runs again (`Core::revive`).
+    weak: bool,
+    /// What its next resume returns, when its wait ended with a result (I/O, lookup, semaphore).
+    result: Option<f64>,
     /// Monotonic time of the last yield, to report the elapsed wait on resume.
     since: u64,
     /// The coroutine's lua_State. Valid while `Store::threads` holds the coroutine, which it does
@@ -153,6 +173,14 @@ struct Sched {
     sockets: Sockets,
     resolver: Resolver,
     lookup_waiters: HashMap<u64, TaskRef>,
+    /// Weak tasks made ready: `Core::revive_woken` moves their coroutine back before anything
+    /// else can happen (a collection could take it).
+    revive: Vec<usize>,
+    semaphores: Semaphores,
+    /// Semaphore waits with a timeout: they count as `copas.timeout` timers, as upstream's are.
+    timed_waits: usize,
+    /// The waiters a semaphore operation granted to, emptied, kept for its capacity.
+    granted: Vec<TaskRef>,
     stats: Stats,
 }
 
@@ -187,14 +215,30 @@ impl Sched {
         };
         match t.wait {
             Wait::Sleeping(_) | Wait::SleepingUnbounded => self.sleeping -= 1,
-            Wait::Forever { .. } => self.forever -= 1,
+            Wait::Forever => self.forever -= 1,
             Wait::Io { .. } => self.io_waiting -= 1,
             Wait::Lookup { id, .. } => {
                 self.lookup_waiters.remove(&id);
             }
+            Wait::Semaphore { at, .. } => {
+                self.forever -= 1;
+                self.timed_waits -= usize::from(at.is_some());
+            }
             _ => {}
         }
         t.wait = Wait::Running;
+    }
+
+    /// Ends a task's wait with `result` for its resume, and queues it.
+    fn end_wait(&mut self, key: usize, result: f64) {
+        if self.tasks[key].weak {
+            self.revive.push(key);
+        }
+        self.leave_wait(key);
+        let t = &mut self.tasks[key];
+        t.wait = Wait::Ready;
+        t.result = Some(result);
+        self.ready.push_back((key, t.gen));
     }
 
     /// True while a socket, server or lookup could still wake the loop.
@@ -208,7 +252,7 @@ impl Sched {
         self.leave_wait(key);
         let t = &mut self.tasks[key];
         t.wait = Wait::Ready;
-        t.io_result = Some(ready);
+        t.result = Some(if ready { 1.0 } else { 0.0 });
         if queue {
             self.ready.push_back((key, t.gen));
         }
@@ -334,8 +378,41 @@ impl Sched {
                 self.end_io_wait(key, false, true);
             }
             Wait::Lookup { .. } => self.end_io_wait(key, false, true),
+            Wait::Semaphore { id, .. } => {
+                self.end_wait(key, TIMED_OUT);
+                // The line may have been held up by this waiter alone.
+                self.on_semaphore(id, |sema, waiting, granted| sema.serve(waiting, granted));
+            }
             _ => self.make_ready(key),
         }
+    }
+
+    /// Runs `op` on semaphore `id` (None when it is gone); the waiters it grants end their wait.
+    fn on_semaphore<R>(
+        &mut self,
+        id: i64,
+        op: impl FnOnce(&mut Semaphore, &dyn Fn(TaskRef) -> bool, &mut Vec<TaskRef>) -> R,
+    ) -> Option<R> {
+        let (key, gen) = unpack(id);
+        let Sched {
+            tasks,
+            semaphores,
+            granted,
+            ..
+        } = self;
+        let sema = semaphores.get(key, gen)?;
+        let waiting = |(k, g): TaskRef| {
+            matches!(tasks.get(k), Some(t) if t.gen == g
+                && matches!(t.wait, Wait::Semaphore { id: i, .. } if i == id))
+        };
+        let r = op(sema, &waiting, granted);
+        let mut granted = std::mem::take(&mut self.granted);
+        for &(key, _) in &granted {
+            self.end_wait(key, GRANTED);
+        }
+        granted.clear();
+        self.granted = granted; // kept for its capacity
+        Some(r)
     }
 
     /// Servers to accept on this step: those that accepted last step and those whose backoff
@@ -385,7 +462,7 @@ fn foreign_yield_error(lua: &Lua) -> Value {
 
 pub struct Core {
     sched: RefCell<Sched>,
-    clear_threads: SlotClearer,
+    slots: TaskSlots,
     store: Store,
     hooks: RefCell<Hooks>,
     values: ValueBox,
@@ -400,7 +477,7 @@ impl Core {
         forever.set_metatable(Some(weak_values))?;
         let threads = lua.create_table()?;
         Ok(Core {
-            clear_threads: SlotClearer::new(lua, &threads)?,
+            slots: TaskSlots::new(lua, &threads, &forever)?,
             sched: RefCell::new(Sched {
                 tasks: Slab::new(),
                 ready: VecDeque::new(),
@@ -420,6 +497,10 @@ impl Core {
                 sockets: Sockets::default(),
                 resolver: Resolver::new(),
                 lookup_waiters: HashMap::new(),
+                revive: Vec::new(),
+                semaphores: Semaphores::default(),
+                timed_waits: 0,
+                granted: Vec::new(),
                 stats: Stats::default(),
             }),
             store: Store { threads, forever },
@@ -482,7 +563,8 @@ impl Core {
             started: wait == Wait::Running,
             notify_exit: false,
             wait,
-            io_result: None,
+            weak: false,
+            result: None,
             since: 0,
             state,
         });
@@ -498,22 +580,34 @@ impl Core {
             return Ok(());
         };
         match t.wait {
-            Wait::Sleeping(_) | Wait::SleepingUnbounded => s.make_ready(key),
-            Wait::Forever { weak: false } => s.make_ready(key),
-            Wait::Forever { weak: true } => {
-                let co: Value = self.store.forever.raw_get(key)?;
-                if co.is_nil() {
-                    // Collected while asleep: nothing is left to wake.
-                    s.remove_task(key);
-                } else {
-                    self.store.threads.raw_set(key, co)?;
-                    self.store.forever.raw_set(key, Value::Nil)?;
-                    s.make_ready(key);
+            Wait::Sleeping(_) | Wait::SleepingUnbounded | Wait::Forever => {
+                if t.weak {
+                    s.revive.push(key);
                 }
+                s.make_ready(key);
             }
             _ => {}
         }
+        drop(s);
+        self.revive_woken();
         Ok(())
+    }
+
+    /// Moves the coroutines of weak tasks just made ready back from `Store::forever` to
+    /// `Store::threads`; a task whose coroutine was collected meanwhile is dropped.
+    fn revive_woken(&self) {
+        let keys = std::mem::take(&mut self.sched.borrow_mut().revive);
+        for key in keys {
+            let revived = self.slots.revive(key);
+            let mut s = self.sched.borrow_mut();
+            if revived {
+                if let Some(t) = s.tasks.get_mut(key) {
+                    t.weak = false;
+                }
+            } else {
+                s.remove_task(key);
+            }
+        }
     }
 
     /// `copas.removethread`: a registered task is never resumed again; any task asleep is taken
@@ -533,9 +627,10 @@ impl Core {
             t.wait,
             Wait::Sleeping(_)
                 | Wait::SleepingUnbounded
-                | Wait::Forever { .. }
+                | Wait::Forever
                 | Wait::Io { .. }
                 | Wait::Lookup { .. }
+                | Wait::Semaphore { .. }
         ) {
             drop(s);
             self.discard(key);
@@ -559,7 +654,7 @@ impl Core {
             let Some(t) = s.tasks.get(key) else {
                 return;
             };
-            let forever = t.wait == Wait::Forever { weak: true };
+            let forever = t.weak;
             s.remove_task(key);
             forever
         };
@@ -568,8 +663,83 @@ impl Core {
         } else {
             // SAFETY: a task not moved to the weak table always has its coroutine in
             // `Store::threads` (see `insert_task`, `demote`, `wakeup`), a table without metatable.
-            unsafe { self.clear_threads.clear(key) };
+            unsafe { self.slots.clear(key) };
         }
+    }
+
+    /// `copas.semaphore.new`: a semaphore of `max` resources holding `start`; returns its id.
+    pub fn semaphore_new(&self, max: f64, start: f64) -> mlua::Result<i64> {
+        let mut s = self.sched.borrow_mut();
+        let gen = s.next_gen();
+        let key = s.semaphores.insert(gen, max, start);
+        let id = pack(key, gen);
+        if id.is_err() {
+            s.semaphores.remove(key, gen);
+        }
+        id
+    }
+
+    /// `take(requested)` without waiting: granted, too many, or the caller waits in line
+    /// (OP_SEMAPHORE); and the count if no waiter is left (`Semaphore::released`). None when
+    /// the semaphore is gone.
+    pub fn semaphore_take(&self, id: i64, requested: f64) -> Option<(Take, Option<f64>)> {
+        let take = self
+            .sched
+            .borrow_mut()
+            .on_semaphore(id, |sema, waiting, granted| {
+                (
+                    sema.take(requested, waiting, granted),
+                    sema.released(waiting),
+                )
+            });
+        self.revive_woken();
+        take
+    }
+
+    /// `give(amount)`: false when capped at the maximum ("too many"); and the count if no
+    /// waiter is left. None when the semaphore is gone.
+    pub fn semaphore_give(&self, id: i64, amount: f64) -> Option<(bool, Option<f64>)> {
+        let give = self
+            .sched
+            .borrow_mut()
+            .on_semaphore(id, |sema, waiting, granted| {
+                (sema.give(amount, waiting, granted), sema.released(waiting))
+            });
+        self.revive_woken();
+        give
+    }
+
+    /// (count, resources waited for minus count, whether no waiter is left) of a semaphore;
+    /// None when it is gone.
+    pub fn semaphore_counts(&self, id: i64) -> Option<(f64, f64, bool)> {
+        self.sched
+            .borrow_mut()
+            .on_semaphore(id, |sema, waiting, _| {
+                (
+                    sema.count(),
+                    sema.wait(waiting),
+                    sema.released(waiting).is_some(),
+                )
+            })
+    }
+
+    /// Forgets a semaphore. `destroyed`: its waiters' takes return "destroyed" (otherwise its
+    /// Lua object was collected, and so were they, or they wait for their timeout).
+    pub fn semaphore_remove(&self, id: i64, destroyed: bool) {
+        let (key, gen) = unpack(id);
+        {
+            let mut s = self.sched.borrow_mut();
+            let line = s.semaphores.remove(key, gen);
+            if destroyed {
+                for (k, g) in line {
+                    if matches!(s.task(k, g), Some(t) if matches!(t.wait, Wait::Semaphore { id: i, .. } if i == id))
+                    {
+                        s.end_wait(k, DESTROYED);
+                    }
+                }
+            }
+        }
+        self.revive_woken();
     }
 
     /// Arms a timer of `delay` seconds and returns its id; on expiry the core timer coroutine is
@@ -598,8 +768,11 @@ impl Core {
         }
     }
 
+    /// Pending `copas.timeout` timers, counting semaphore waits with a timeout (upstream arms
+    /// one for each).
     pub fn timer_count(&self) -> usize {
-        self.sched.borrow().timers.len()
+        let s = self.sched.borrow();
+        s.timers.len() + s.timed_waits
     }
 
     /// (ready, sleeping, forever): the task counts behind `copas.status()`.
@@ -619,7 +792,7 @@ impl Core {
         let asleep: Vec<usize> = s
             .tasks
             .iter()
-            .filter(|(_, t)| t.wait == Wait::Forever { weak: true })
+            .filter(|(_, t)| t.weak)
             .map(|(k, _)| k)
             .collect();
         for key in asleep {
@@ -644,8 +817,7 @@ impl Core {
             s.tasks
                 .iter()
                 .filter(|(_, t)| {
-                    t.wait == Wait::Forever { weak: false }
-                        && (all || now.saturating_sub(t.since) >= SECOND)
+                    t.wait.is_forever() && !t.weak && (all || now.saturating_sub(t.since) >= SECOND)
                 })
                 .map(|(k, _)| k)
                 .collect()
@@ -658,9 +830,9 @@ impl Core {
                 continue;
             }
             // SAFETY: a strong forever-sleeper's coroutine is in `Store::threads`.
-            unsafe { self.clear_threads.clear(key) };
+            unsafe { self.slots.clear(key) };
             if let Some(t) = self.sched.borrow_mut().tasks.get_mut(key) {
-                t.wait = Wait::Forever { weak: true };
+                t.weak = true;
             }
         }
     }
@@ -682,7 +854,7 @@ impl Core {
             && s.sleeping == 0
             && !s.has_sources()
             && s.sockets.accept_again.is_empty()
-            && (s.forever == 0 || s.timers.is_empty())
+            && (s.forever == 0 || (s.timers.is_empty() && s.timed_waits == 0))
     }
 
     pub fn set_stats(&self, on: bool) {
@@ -749,6 +921,7 @@ impl Core {
         events.clear();
         self.sched.borrow_mut().spare_events = events;
         let due_timers = self.sched.borrow_mut().expire();
+        self.revive_woken();
         for (key, gen) in due_timers {
             guarded(|| self.fire_timer(lua, key, gen));
         }
@@ -1117,8 +1290,8 @@ impl Core {
             }
             t.wait = Wait::Running;
             let elapsed = (now.saturating_sub(t.since)) as f64 / 1e9;
-            let arg = match t.io_result.take() {
-                Some(ready) => Arg::Number(if ready { 1.0 } else { 0.0 }),
+            let arg = match t.result.take() {
+                Some(result) => Arg::Number(result),
                 None if std::mem::replace(&mut t.started, true) => Arg::Number(elapsed),
                 None => Arg::Nothing,
             };
@@ -1136,11 +1309,11 @@ impl Core {
     /// Files a task according to what its resume ended with.
     fn settle(&self, lua: &Lua, key: usize, outcome: Outcome) {
         match outcome {
-            Outcome::Wait { op, arg, arg2 } => {
+            Outcome::Wait { op, args } => {
                 if self.tracing() {
-                    self.trace_task("yield", key, Some((op, arg)));
+                    self.trace_task("yield", key, Some((op, args[0])));
                 }
-                if !self.file_wait(key, op, arg, arg2) {
+                if !self.file_wait(key, op, args) {
                     self.end_task(key, Some(foreign_yield_error(lua)));
                 }
             }
@@ -1185,7 +1358,7 @@ impl Core {
     }
 
     /// Puts a yielded task where its opcode says. False for an opcode this core does not know.
-    fn file_wait(&self, key: usize, op: i64, arg: Option<f64>, arg2: Option<f64>) -> bool {
+    fn file_wait(&self, key: usize, op: i64, [arg, arg2, arg3, arg4]: [Option<f64>; 4]) -> bool {
         let mut s = self.sched.borrow_mut();
         let now = s.step_now;
         let Some(t) = s.tasks.get_mut(key) else {
@@ -1215,7 +1388,7 @@ impl Core {
                 },
             },
             OP_FOREVER => {
-                s.tasks[key].wait = Wait::Forever { weak: false };
+                s.tasks[key].wait = Wait::Forever;
                 s.forever += 1;
             }
             OP_READ | OP_WRITE => {
@@ -1249,6 +1422,28 @@ impl Core {
                 } else {
                     s.end_io_wait(key, true, true); // answered already
                 }
+            }
+            OP_SEMAPHORE => {
+                let (Some(id), Some(requested)) = (arg, arg2) else {
+                    return false;
+                };
+                let id = id as i64;
+                let at = arg3.and_then(|t| s.deadlines.deadline_after(t));
+                let gen = s.tasks[key].gen;
+                let queued = s.on_semaphore(id, |sema, _, _| {
+                    if let Some(count) = arg4 {
+                        sema.set_count(count);
+                    }
+                    sema.enqueue((key, gen), requested)
+                });
+                if queued.is_none() {
+                    s.end_wait(key, DESTROYED);
+                    return true;
+                }
+                s.tasks[key].wait = Wait::Semaphore { id, at };
+                s.forever += 1;
+                s.timed_waits += usize::from(at.is_some());
+                s.push_deadline(key, at);
             }
             _ => return false,
         }

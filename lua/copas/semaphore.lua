@@ -17,10 +17,6 @@ local function bad_timeout(value, nth, level)
 end
 
 
--- A thread that died or was removed (copas.removethread, copas.cancelall) will never run
--- again, so it must not be handed anything.
-local is_gone = getmetatable(copas).internal.isgone
-
 -- Every method, and any other missing key, of a destroyed object answers nil, "destroyed".
 local destroyed_mt = getmetatable(copas).internal.destroyed_mt
 
@@ -28,6 +24,49 @@ local destroyed_mt = getmetatable(copas).internal.destroyed_mt
 -- The running Copas thread; raises before anything gets queued when the caller cannot
 -- wait (the main thread), so that no ghost waiter is left behind.
 local waiting_thread = getmetatable(copas).internal.waiting_thread
+
+
+-- The waiting line and the timeouts live in the core (src/semaphore.rs). While nobody waits,
+-- the count is kept here (`count`), so that take and give call nothing (and LuaJIT compiles
+-- them); a waiter hands it to the core (`in_core`), and a call that finds no waiter left in
+-- line takes it back.
+local core = getmetatable(copas).internal.semaphore
+local core_take, core_give, core_counts, core_wait = core.take, core.give, core.counts, core.wait
+
+local GRANTED, TIMED_OUT = 1, 0
+
+
+-- Ids of semaphores whose object was collected; their core state is freed on the next `new`
+-- (a finalizer only records the id: it may run inside any allocation, also during this loop,
+-- so the list is swapped out first).
+local collected = {}
+
+local function free_collected()
+  if collected[1] == nil then
+    return
+  end
+  local ids = collected
+  collected = {}
+  for i = 1, #ids do
+    core.remove(ids[i], false)
+  end
+end
+
+-- Records the id when the object is collected: through the object's own finalizer where tables
+-- have one (5.2+), else through a proxy userdata it holds. A destroyed object, whose metatable
+-- has no __gc, was freed by `destroy` already.
+local watch_collection
+if newproxy then
+  function watch_collection(self, id)
+    self.proxy = newproxy(true)
+    getmetatable(self.proxy).__gc = function() collected[#collected + 1] = id end
+  end
+else
+  function semaphore.__gc(self)
+    collected[#collected + 1] = self.id
+  end
+  function watch_collection() end
+end
 
 
 --- Creates a new semaphore.
@@ -48,60 +87,19 @@ function semaphore.new(max, start, seconds)
     error("expected start (2nd argument) to be a number, got: " .. tostring(start), 2)
   end
 
-  return setmetatable({
+  free_collected()
+  local id = core.new(max, start or 0)
+  local self = setmetatable({
+    id = id,
     count = start or 0,
     max = max,
     timeout = timeout,
-    queue = {},   -- waiters by position; a hole is a waiter that left the line
-    q_tip = 1,    -- position of the first in line
-    q_tail = 1,   -- position for the next one to queue
+    in_core = false,
+    -- The threads in line, so that they live as long as the semaphore that may wake them.
+    waiting = {},
   }, semaphore)
-end
-
-
--- Hands resources to the waiters at the head of the line, strictly in order, until one
--- cannot be satisfied. Holes and threads that will never run again are dropped on the
--- way, so the head of a non-empty line is always a live waiter that must wait.
-local function serve(self)
-  local pos, tail = self.q_tip, self.q_tail
-  if pos == tail then return end
-  local queue = self.queue
-  while pos < tail do
-    local waiter = queue[pos]
-    if waiter then
-      if is_gone(waiter.co) then
-        waiter.outcome = "gone"  -- its pending timer will find nothing to do
-      elseif waiter.requested <= self.count then
-        self.count = self.count - waiter.requested
-        waiter.outcome = "granted"
-        copas.wakeup(waiter.co)
-      else
-        break
-      end
-      queue[pos] = nil
-    end
-    pos = pos + 1
-  end
-
-  if pos >= tail then
-    -- every served position was cleared: the line starts over in the same table
-    self.q_tip = 1
-    self.q_tail = 1
-  else
-    self.q_tip = pos
-  end
-end
-
-
--- Called by the core timer when a waiter's timeout expires.
-local function expire(self, waiter)
-  if waiter.outcome == nil then
-    waiter.outcome = "timeout"
-    self.queue[waiter.pos] = nil
-    copas.wakeup(waiter.co)
-    -- the line may have been blocked by this waiter alone
-    serve(self)
-  end
+  watch_collection(self, id)
+  return self
 end
 
 
@@ -119,45 +117,45 @@ function semaphore:give(given)
   if not amount or amount ~= amount then
     error("expected given (1st argument) to be a number, got: " .. tostring(given), 2)
   end
-
+  if self.in_core then
+    local ok, count = core_give(self.id, amount)
+    if count then
+      self.count, self.in_core = count, false
+    end
+    if ok == true then
+      return true
+    end
+    return nil, ok
+  end
   local count = self.count + amount
-  local max = self.max
-  if count > max then
-    self.count = max
-    serve(self)
+  if count > self.max then
+    self.count = self.max
     return nil, "too many"
   end
   self.count = count
-  serve(self)
   return true
 end
 
 
--- The slow path of `take`: queue up and wait for an outcome. Kept out of `take`, whose fast
--- path LuaJIT can then compile (a closure in the same function stops its traces).
+-- The slow path of `take`: wait in line for an outcome. Kept out of `take`, whose fast path
+-- LuaJIT can then compile.
 local function wait_in_line(self, requested, timeout, co)
-  local waiter = { co = co, requested = requested, pos = self.q_tail }
-  self.queue[waiter.pos] = waiter
-  self.q_tail = waiter.pos + 1
-
-  local timed = timeout ~= math.huge
-  if timed then
-    copas.timeout(timeout, function() expire(self, waiter) end)
-  else
-    copas.timeout(timeout)  -- still cancels the thread's own timeout, as upstream
+  local waiting = self.waiting  -- still there if the semaphore is destroyed meanwhile
+  waiting[co] = true
+  local handed_over = not self.in_core and self.count or nil
+  self.in_core = true
+  local outcome = core_wait(self.id, requested, timeout, handed_over)
+  waiting[co] = nil
+  if self.in_core and not self.destroyed then
+    local count, _, released = core_counts(self.id)
+    if released then
+      self.count, self.in_core = count, false
+    end
   end
-  -- An unrelated copas.wakeup of this thread is not an outcome: keep waiting.
-  repeat
-    copas.pauseforever()
-  until waiter.outcome ~= nil
-
-  if waiter.outcome == "timeout" then
+  if outcome == TIMED_OUT then
     return nil, "timeout"
   end
-  if timed then
-    copas.timeout(0)  -- still armed: cancel it
-  end
-  if self.destroyed then
+  if outcome ~= GRANTED or self.destroyed then  -- also when served, then destroyed before it ran
     return nil, "destroyed"
   end
   return true
@@ -180,29 +178,38 @@ function semaphore:take(requested, timeout)
     bad_timeout(timeout, "2nd", 2)
   end
 
-  if self.q_tip ~= self.q_tail then
-    serve(self)  -- a removed thread at the head must not block a take that can be satisfied
-  end
-  local count = self.count
-  if count >= requested and self.q_tip == self.q_tail then
-    self.count = count - requested
-    return true
-  end
-
-  if requested > self.max then
-    return nil, "too many"
+  if self.in_core then
+    local taken, count = core_take(self.id, requested)
+    if count then
+      self.count, self.in_core = count, false
+    end
+    if taken == true then
+      return true
+    elseif taken then
+      return nil, taken  -- "too many"
+    end
+  else
+    local count = self.count
+    if count >= requested then
+      self.count = count - requested
+      return true
+    elseif requested > self.max then
+      return nil, "too many"
+    end
   end
   timeout = timeout or self.timeout
   if timeout == 0 then
     return nil, "timeout"
   end
-
   return wait_in_line(self, requested, timeout, waiting_thread(2))
 end
 
 
 --- @return the number of resources available
 function semaphore:get_count()
+  if self.in_core then
+    return (core_counts(self.id))
+  end
   return self.count
 end
 
@@ -210,15 +217,11 @@ end
 --- @return the resources requested by all waiting threads minus those available
 -- (negative when more is available than requested)
 function semaphore:get_wait()
-  local wait = 0
-  local queue = self.queue
-  for pos = self.q_tip, self.q_tail - 1 do
-    local waiter = queue[pos]
-    if waiter and not is_gone(waiter.co) then
-      wait = wait + waiter.requested
-    end
+  if self.in_core then
+    local _, wait = core_counts(self.id)
+    return wait
   end
-  return wait - self.count
+  return 0 - self.count
 end
 
 
@@ -226,18 +229,7 @@ end
 -- nil + "destroyed" (so does one served but not yet run, as upstream).
 -- @return true
 function semaphore:destroy()
-  local queue = self.queue
-  for pos = self.q_tip, self.q_tail - 1 do
-    local waiter = queue[pos]
-    if waiter then
-      waiter.outcome = "destroyed"
-      copas.wakeup(waiter.co)
-    end
-  end
-  self.queue = {}
-  self.q_tip = 1
-  self.q_tail = 1
-  self.count = self.max
+  core.remove(self.id, true)
   self.destroyed = true
   setmetatable(self, destroyed_mt)
   return true
