@@ -1,7 +1,7 @@
 -- copas-rs micro benchmarks.
 --
 -- Usage: lua micro.lua CASE [SCALE]
---   CASE  one of C0 C1 C2 C3 C4a C4b C5 (see bench/README.md)
+--   CASE  one of C0 C1 C2 F2 C3 C4a C4b C5 (see bench/README.md)
 --   SCALE optional multiplier for the work size (default 1; e.g. 0.01 for a smoke test);
 --         also read from the environment variable BENCH_SCALE.
 --
@@ -122,6 +122,36 @@ function cases.C2()
 end
 
 ---------------------------------------------------------------------------------------------------
+-- F2: C2's floor in this Lua VM: the same N coroutines with the same body, created and resumed
+-- twice by a plain loop, with no scheduler at all (in creation order, the cheapest one). No
+-- Copas can do C2 for less; upstream's C2 time divided by this bounds any speed-up.
+---------------------------------------------------------------------------------------------------
+function cases.F2()
+  local N = n_of(100000)
+  local completed = 0
+  local gettime = copas.gettime
+  local function sleeper()
+    local d = math.random()
+    local t0 = gettime()
+    coroutine.yield(d)
+    if gettime() - t0 < 0 then completed = -1 end
+    completed = completed + 1
+  end
+  local threads = {}
+  for i = 1, N do
+    local co = coroutine.create(sleeper)
+    threads[i] = co
+    coroutine.resume(co)
+  end
+  for i = 1, N do
+    coroutine.resume(threads[i])
+    threads[i] = nil
+  end
+  check(completed == N, "completed %d, expected %d", completed, N)
+  return string.format("coroutines=%d completed=%d", N, completed)
+end
+
+---------------------------------------------------------------------------------------------------
 -- C3: N semaphore round trips between two threads. The producer gives `ping` and takes `pong`;
 -- the consumer takes `ping` and gives `pong`. Each side finds its semaphore empty every time
 -- and has to wait for the other, so every give/take is a real hand-off between the threads.
@@ -235,7 +265,7 @@ end
 ---------------------------------------------------------------------------------------------------
 local fn = cases[case or ""]
 if not fn then
-  io.stderr:write("usage: micro.lua C0|C1|C2|C3|C4a|C4b|C5 [scale]\n")
+  io.stderr:write("usage: micro.lua C0|C1|C2|F2|C3|C4a|C4b|C5 [scale]\n")
   os.exit(2)
 end
 
