@@ -177,45 +177,23 @@ unsafe extern "C-unwind" fn send(l: *mut ffi::lua_State) -> c_int {
 /// or the error: "too many", "destroyed"; then the count if no waiter is left (the Lua side
 /// keeps it from then on).
 unsafe extern "C-unwind" fn semaphore_take(l: *mut ffi::lua_State) -> c_int {
-    // SAFETY: `register` made this closure; the arguments are read from their slots, and one
-    // value is pushed (a C function always has room for LUA_MINSTACK).
+    // SAFETY: `register` made this closure; the arguments are read from their slots.
     unsafe {
         let core = core_of(l);
         let id = ffi::lua_tointegerx(l, 1, ptr::null_mut());
         let requested = ffi::lua_tonumberx(l, 2, ptr::null_mut());
-        let released = match caught(|| core.semaphore_take(id as i64, requested)) {
-            Some(Some((take, released))) => {
-                match take {
-                    Take::Granted => ffi::lua_pushboolean(l, 1),
-                    Take::Wait => ffi::lua_pushboolean(l, 0),
-                    Take::TooMany => push_bytes(l, b"too many"),
-                }
-                released
-            }
-            Some(None) => {
-                push_bytes(l, b"destroyed");
-                None
-            }
-            None => {
-                push_bytes(l, b"internal error");
-                None
-            }
-        };
-        push_released(l, released)
-    }
-}
-
-/// The second result of `semaphore_take` and `semaphore_give`: the released count, if any.
-///
-/// SAFETY (caller): `l` is the running state with room for one more value; one value is on the
-/// stack already as the first result.
-unsafe fn push_released(l: *mut ffi::lua_State, released: Option<f64>) -> c_int {
-    match released {
-        Some(count) => {
-            ffi::lua_pushnumber(l, count);
-            2
-        }
-        None => 1,
+        let outcome = caught(|| {
+            core.semaphore_take(id as i64, requested)
+                .map(|(take, released)| {
+                    let first = match take {
+                        Take::Granted => Ok(true),
+                        Take::Wait => Ok(false),
+                        Take::TooMany => Err("too many"),
+                    };
+                    (first, released)
+                })
+        });
+        push_semaphore_outcome(l, outcome)
     }
 }
 
@@ -227,25 +205,38 @@ unsafe extern "C-unwind" fn semaphore_give(l: *mut ffi::lua_State) -> c_int {
         let core = core_of(l);
         let id = ffi::lua_tointegerx(l, 1, ptr::null_mut());
         let amount = ffi::lua_tonumberx(l, 2, ptr::null_mut());
-        let released = match caught(|| core.semaphore_give(id as i64, amount)) {
-            Some(Some((fits, released))) => {
-                if fits {
-                    ffi::lua_pushboolean(l, 1);
-                } else {
-                    push_bytes(l, b"too many");
-                }
-                released
-            }
-            Some(None) => {
-                push_bytes(l, b"destroyed");
-                None
-            }
-            None => {
-                push_bytes(l, b"internal error");
-                None
-            }
-        };
-        push_released(l, released)
+        let outcome = caught(|| {
+            core.semaphore_give(id as i64, amount)
+                .map(|(fits, released)| (if fits { Ok(true) } else { Err("too many") }, released))
+        });
+        push_semaphore_outcome(l, outcome)
+    }
+}
+
+/// What a semaphore operation came to: None after a panic of the core, Some(None) when the
+/// semaphore is gone, else the first result and the released count.
+type SemaphoreOutcome = Option<Option<(Result<bool, &'static str>, Option<f64>)>>;
+
+/// The results of `semaphore_take`/`semaphore_give`: a boolean or an error string, then the
+/// released count, if any.
+///
+/// SAFETY (caller): `l` is the running state of one of those functions (room for two values).
+unsafe fn push_semaphore_outcome(l: *mut ffi::lua_State, outcome: SemaphoreOutcome) -> c_int {
+    let (first, released) = match outcome {
+        Some(Some(outcome)) => outcome,
+        Some(None) => (Err("destroyed"), None),
+        None => (Err("internal error"), None),
+    };
+    match first {
+        Ok(b) => ffi::lua_pushboolean(l, c_int::from(b)),
+        Err(e) => push_bytes(l, e.as_bytes()),
+    }
+    match released {
+        Some(count) => {
+            ffi::lua_pushnumber(l, count);
+            2
+        }
+        None => 1,
     }
 }
 

@@ -401,10 +401,7 @@ impl Sched {
             ..
         } = self;
         let sema = semaphores.get(key, gen)?;
-        let waiting = |(k, g): TaskRef| {
-            matches!(tasks.get(k), Some(t) if t.gen == g
-                && matches!(t.wait, Wait::Semaphore { id: i, .. } if i == id))
-        };
+        let waiting = |task| waits_for_semaphore(tasks, task, id);
         let r = op(sema, &waiting, granted);
         let mut granted = std::mem::take(&mut self.granted);
         for &(key, _) in &granted {
@@ -445,6 +442,12 @@ struct Hooks {
     tracer: Option<Function>,
     core_timer_factory: Option<Function>,
     core_timer: Option<Thread>,
+}
+
+/// Whether `task` (still) waits in the line of semaphore `id`.
+fn waits_for_semaphore(tasks: &Slab<Task>, (key, gen): TaskRef, id: i64) -> bool {
+    matches!(tasks.get(key), Some(t) if t.gen == gen
+        && matches!(t.wait, Wait::Semaphore { id: i, .. } if i == id))
 }
 
 /// Runs one task's turn so that a bug of the core (a panic) costs at most that task, never the
@@ -731,10 +734,9 @@ impl Core {
             let mut s = self.sched.borrow_mut();
             let line = s.semaphores.remove(key, gen);
             if destroyed {
-                for (k, g) in line {
-                    if matches!(s.task(k, g), Some(t) if matches!(t.wait, Wait::Semaphore { id: i, .. } if i == id))
-                    {
-                        s.end_wait(k, DESTROYED);
+                for task in line {
+                    if waits_for_semaphore(&s.tasks, task, id) {
+                        s.end_wait(task.0, DESTROYED);
                     }
                 }
             }
