@@ -389,6 +389,7 @@ end
 -------------------------------------------------------------------------------
 
 local OP_READ, OP_WRITE, OP_LOOKUP = core.OP_READ, core.OP_WRITE, core.OP_LOOKUP
+local OP_SEMAPHORE = core.OP_SEMAPHORE
 local UDP_DATAGRAM_MAX = socket and socket._DATAGRAMSIZE or 8192
 local concat = table.concat
 
@@ -1391,17 +1392,16 @@ copas_mt.internal = {
     give = sched.semaphore_give,          -- (id, amount) -> true | "too many"
     counts = sched.semaphore_counts,      -- (id) -> count, resources waited for minus count
     remove = sched.semaphore_remove,      -- (id, destroyed)
-    -- Waits in the line of semaphore `id`, handing over `count` if given (the running thread's
-    -- copas.timeout is cancelled, as upstream's take replaces it with its own). Returns 1
-    -- granted, 0 timeout, 2 destroyed.
-    wait = function(id, requested, timeout, count)
-      local co = running()
-      local existing = co and timeout_ids[co]
+    -- The running thread `co` waits in the line of semaphore `id`, handing over `count` if
+    -- given (its copas.timeout is cancelled, as upstream's take replaces it with its own).
+    -- Returns 1 granted, 0 timeout, 2 destroyed.
+    wait = function(co, id, requested, timeout, count)
+      local existing = timeout_ids[co]
       if existing then
         cancel_timer(existing)
         timeout_ids[co] = nil
       end
-      return yield(TOKEN, core.OP_SEMAPHORE, id, requested, timeout, count)
+      return yield(TOKEN, OP_SEMAPHORE, id, requested, timeout, count)
     end,
   },
 }

@@ -110,8 +110,10 @@ end
 -- @param given (optional) number of resources, default 1
 -- @return true, or nil + "too many"
 function semaphore:give(given)
-  local amount = given or 1
-  if type(amount) ~= "number" then
+  local amount = given
+  if not amount then  -- nil or false, as upstream's `given or 1`
+    amount = 1
+  elseif type(amount) ~= "number" then
     amount = tonumber(amount)  -- numeric strings work, as upstream
   end
   if not amount or amount ~= amount then
@@ -144,7 +146,7 @@ local function wait_in_line(self, requested, timeout, co)
   waiting[co] = true
   local handed_over = not self.in_core and self.count or nil
   self.in_core = true
-  local outcome = core_wait(self.id, requested, timeout, handed_over)
+  local outcome = core_wait(co, self.id, requested, timeout, handed_over)
   waiting[co] = nil
   if self.in_core and not self.destroyed then
     local count, _, released = core_counts(self.id)
