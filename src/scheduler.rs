@@ -231,14 +231,8 @@ impl Sched {
 
     /// Ends a task's wait with `result` for its resume, and queues it.
     fn end_wait(&mut self, key: usize, result: f64) {
-        if self.tasks[key].weak {
-            self.revive.push(key);
-        }
-        self.leave_wait(key);
-        let t = &mut self.tasks[key];
-        t.wait = Wait::Ready;
-        t.result = Some(result);
-        self.ready.push_back((key, t.gen));
+        self.make_ready(key);
+        self.tasks[key].result = Some(result);
     }
 
     /// True while a socket, server or lookup could still wake the loop.
@@ -280,7 +274,12 @@ impl Sched {
         self.tasks.remove(key);
     }
 
+    /// Queues a task. A weak one (only a wake-up, a grant or an expiry ends its wait, and each
+    /// is followed by `Core::revive_woken`) gets its coroutine back in `Store::threads` first.
     fn make_ready(&mut self, key: usize) {
+        if self.tasks[key].weak {
+            self.revive.push(key);
+        }
         self.leave_wait(key);
         let t = &mut self.tasks[key];
         t.wait = Wait::Ready;
@@ -583,12 +582,7 @@ impl Core {
             return Ok(());
         };
         match t.wait {
-            Wait::Sleeping(_) | Wait::SleepingUnbounded | Wait::Forever => {
-                if t.weak {
-                    s.revive.push(key);
-                }
-                s.make_ready(key);
-            }
+            Wait::Sleeping(_) | Wait::SleepingUnbounded | Wait::Forever => s.make_ready(key),
             _ => {}
         }
         drop(s);
