@@ -5,6 +5,8 @@
 #   make test                everything CI runs: deps, builds, fmt, clippy, busted x5, luarocks
 #   make conformance UPSTREAM=/path/to/copas   upstream's tests against our build
 #   make bench UPSTREAM=/path/to/copas         bench/run and bench/net/run, side by side with upstream
+#   make fuzz [SEED=1] [COUNT=10000] [LUA="5.4 jit"]   the seeded fuzzer of the public API
+#   make memcheck [LUA=5.4]                    socket specs under valgrind
 #   make clean
 #
 # After `make build LUA=5.4` a program needs only
@@ -37,7 +39,7 @@ endif
 DEMO_LUA := $(or $(LUA),5.4)
 
 .PHONY: all build $(addprefix build-,$(ALL_LUA)) demo test deps conformance bench env clean \
-	fmt clippy check-cargo
+	fmt clippy check-cargo fuzz memcheck
 
 all: build
 
@@ -103,6 +105,15 @@ bench:
 	@test -n "$(UPSTREAM)" || { echo "usage: make bench UPSTREAM=/path/to/upstream/copas" >&2; exit 2; }
 	bench/run "$(UPSTREAM)"
 	bench/net/run "$(UPSTREAM)"
+
+# Both use the trees in build/ as they are (make build first).
+SEED ?= 1
+COUNT ?= 10000
+fuzz:
+	@scripts/fuzz.sh -s $(SEED) -n $(COUNT) $(LUAS)
+
+memcheck:
+	@scripts/memcheck.sh $(or $(LUA),5.4)
 
 clean:
 	rm -rf build target

@@ -6,14 +6,15 @@
 #   3. cargo fmt --check, and cargo clippy -D warnings once per runtime;
 #   4. busted (spec/*_spec.lua, one process per file) on each runtime, TAP output, with that
 #      runtime's tree alone on LUA_PATH/LUA_CPATH;
-#   5. installs the rock into a temporary tree and runs a small loop from it (scripts/test-rock.sh).
+#   5. a short seeded fuzz run per runtime (scripts/fuzz.sh, FUZZ_CALLS calls, default 10000);
+#   6. installs the rock into a temporary tree and runs a small loop from it (scripts/test-rock.sh).
 #
 # Ends with a line `N passed, N failed`: busted tests (over all runtimes) plus one for each
-# other check (build, fmt, clippy, rock install). Exits non-zero if anything failed.
+# other check (build, fmt, clippy, fuzz, rock install). Exits non-zero if anything failed.
 #
 # Environment: TEST_LUA="5.4 jit" limits the runtimes; SPEC_TIMEOUT (seconds per spec file and
 # runtime, default 180); TEST_BUDGET (seconds for the whole run, default 4500);
-# SKIP_DEPS=1 skips the apt step; SKIP_LINT=1 skips fmt and clippy.
+# SKIP_DEPS=1 skips the apt step; SKIP_LINT=1 skips fmt and clippy; FUZZ_CALLS (per runtime).
 set -u
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -141,7 +142,23 @@ for v in "${RUNTIMES[@]}"; do
   fi
 done
 
-# --- 5. luarocks -----------------------------------------------------------------------------
+# --- 5. fuzz ----------------------------------------------------------------------------------
+# The same seed every run, so a finding here is reproducible; `make fuzz SEED=n` explores more.
+for v in "${RUNTIMES[@]}"; do
+  lua=$(interp_of "$v")
+  section "fuzz $lua"
+  if [ -z "${BUILT[$v]:-}" ]; then record "fuzz $lua" 1 "(not built)"; continue; fi
+  if [ $(( $(date +%s) - START )) -gt "$TEST_BUDGET" ]; then
+    record "fuzz $lua" 1 "(not run: time budget spent)"; continue
+  fi
+  scripts/fuzz.sh -s 1 -n "${FUZZ_CALLS:-10000}" "$v" >"$LOGDIR/fuzz-$lua.log" 2>&1
+  rc=$?
+  summary=$(grep "^fuzz: $lua: [0-9]* calls" "$LOGDIR/fuzz-$lua.log" | tail -n 1)
+  echo "${summary:-fuzz: $lua: no summary (exit $rc)}"
+  record "fuzz $lua" "$rc" "(${summary#fuzz: $lua: }; log build/test-logs/fuzz-$lua.log)"
+done
+
+# --- 6. luarocks -----------------------------------------------------------------------------
 section "luarocks make into a temporary tree"
 scripts/test-rock.sh "${RUNTIMES[@]}" 2>&1 | tee "$LOGDIR/rock.log"
 record "luarocks make + run" "${PIPESTATUS[0]}"
