@@ -276,13 +276,11 @@ function copas.addthread(handler, ...)
   return copas.addnamedthread(nil, handler, ...)
 end
 
--- Threads removed by removethread or cancelall that were still alive: they never run again.
-local removed = setmetatable({}, { __mode = "k" })
 
 function copas.removethread(co)
   if type(co) ~= "thread" then argerror(1, "removethread", "coroutine", co) end
   local id = task_ids[co]
-  if id and sched.remove(id) then removed[co] = true end
+  if id then sched.remove(id) end
 end
 
 function copas.pause(sleeptime)
@@ -561,17 +559,17 @@ end
 -- reordered; other objects (LuaSec, proxies, UDP) go through their own methods.
 local MODE_LINE, MODE_ALL = core.MODE_LINE, core.MODE_ALL
 local sched_recv, sched_send = sched.recv, sched.send
-local client_mt   -- LuaSocket's tcp{client} class metatable, learned from the first one seen
 local adopted = setmetatable({}, { __mode = "k" })   -- connection -> its descriptor
+-- LuaSocket TCP connections, as the core recognises them: by their class's metatable and size,
+-- never by tostring (the core reads the descriptor out of the object). Only true is kept: a
+-- socket becomes a connection when it connects.
+local clients = setmetatable({}, { __mode = "k" })
 
 local function is_client(skt)
-  if type(skt) ~= "userdata" then return false end
-  local mt = getmetatable(skt)
-  if client_mt == nil then
-    if tostring(skt):sub(1, 11) ~= "tcp{client}" then return false end
-    client_mt = mt
-  end
-  return mt == client_mt
+  if clients[skt] then return true end
+  if type(skt) ~= "userdata" or not sched.is_tcp_client(skt) then return false end
+  clients[skt] = true
+  return true
 end
 
 local function adopt(skt)
@@ -1197,16 +1195,17 @@ function copas.loop(initializer, timeout)
   copas.running = false
 end
 
+-- The sockets to close come from the core as descriptors: a finalizer run by any allocation
+-- here may add entries to copas's own tables, and a `pairs` walk over a table that grows fails.
 function copas.cancelall()
-  local busy = {}
-  for skt, fd in pairs(watched_fd) do
-    if sched.fd_busy(fd) and not servers[skt] then busy[#busy + 1] = skt end
+  local waited_on, server_fds = sched.cancel_all()
+  for i = 1, #server_fds do
+    local server = server_at[server_fds[i]]
+    if server then copas.removeserver(server) end
   end
-  sched.cancel_all()
-  for server in pairs(servers) do copas.removeserver(server) end
-  for i = 1, #busy do copas.close(busy[i]) end
-  for co, id in pairs(task_ids) do
-    if not sched.alive(id) and coroutine.status(co) ~= "dead" then removed[co] = true end
+  for i = 1, #waited_on do
+    local skt = fd_socket[waited_on[i]]
+    if skt then copas.close(skt) end
   end
   timer_callbacks, timer_args = {}, {}
   copas.exit()
@@ -1382,7 +1381,9 @@ copas_mt.internal = {
   -- True when `co` has ended or was removed (removethread, cancelall): it will not run again,
   -- so a lock or semaphore must not be handed to it.
   isgone = function(co)
-    return removed[co] or coroutine.status(co) == "dead"
+    if coroutine.status(co) == "dead" then return true end
+    local id = task_ids[co]
+    return id ~= nil and not sched.alive(id)
   end,
 
   -- The semaphores of copas.semaphore live in the core, by id: count, line and timeouts.

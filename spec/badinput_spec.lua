@@ -455,3 +455,40 @@ describe("wrong argument types", function()
     assert.has_no.errors(function() copas.debug.stop(unpack(g)) end)
   end)
 end)
+
+-- Fails before the fix (issue #9, defect 4): errors raised in the core reached Lua in mlua's
+-- words, with a stack traceback inside the message.
+describe("errors that come from the core", function()
+  local copas
+  before_each(function() copas = helper.fresh_copas() end)
+
+  it("semaphore.destroy on another object raises \"bad argument #1 to 'destroy' (semaphore expected, got table)\"", function()
+    local ok, err = pcall(copas.semaphore.destroy, {})
+    assert.is_false(ok)
+    assert.equal("string", type(err))
+    assert.matches("bad argument #1 to 'destroy' (semaphore expected, got table)", err, 1, true)
+  end)
+
+  it("addserver accepts an object whose getfd is not an open descriptor, as upstream", function()
+    local fake = {
+      getfd = function() return 12345 end,
+      settimeout = function() end,
+      close = function() return true end,
+    }
+    local ok, err = pcall(copas.addserver, fake, function() end)
+    assert.is_true(ok, err)
+    assert.is_true(copas.removeserver(fake))
+  end)
+
+  it("reach Lua as strings without Rust wording or a traceback", function()
+    local sched = getmetatable(copas).internal
+    -- a core function given what no Lua caller of the shim passes
+    local ok, err = pcall(require("copas.core").new().remove)
+    assert.is_false(ok)
+    assert.equal("string", type(err))
+    assert.equal("bad argument #1 to 'remove' (number expected, got nil)", err)
+    assert.is_nil(err:find("traceback", 1, true))
+    assert.is_nil(err:find("i64", 1, true))
+    assert.is_not_nil(sched)
+  end)
+end)

@@ -331,3 +331,69 @@ describe("the TCP wrapper's receive", function()
     assert.equal("abcd", r)
   end)
 end)
+
+-- Fails before the fix (issue #9, defect 3): with the data and the peer's close both there at
+-- the first call, receive("*a") returned nil, "closed", data; partial lines kept their CRs.
+describe("copas.receive at the end of the stream", function()
+  local function pack(...) return { n = select("#", ...), ... } end
+  local copas
+  before_each(function() copas = helper.fresh_copas() end)
+  after_each(function() net.closeall() end)
+
+  -- A connection whose peer sent `data` and closed, before anybody reads.
+  local function closed_after(data)
+    local a, b = net.pair()
+    a:settimeout(1)
+    if data ~= "" then assert(a:send(data)) end
+    a:close()
+    return b
+  end
+
+  -- What LuaSocket itself returns for `first` then `second` (each {pattern, prefix}), and what
+  -- copas.receive returns, over two connections that got the same bytes and the close.
+  local function both(data, first, second)
+    local b1, b2 = closed_after(data), closed_after(data)
+    b1:settimeout(1)
+    local function luasocket(p) return pack(b1:receive(p[1], p[2])) end
+    local want = { luasocket(first), second and luasocket(second) }
+    local got = {}
+    helper.run(copas, function()
+      got[1] = pack(copas.receive(b2, first[1], first[2]))
+      if second then got[2] = pack(copas.receive(b2, second[1], second[2])) end
+    end, 3)
+    return want, got
+  end
+
+  local cases = {
+    { "'*a' returns everything when data and close are both there", "hello\r\nworld", { "*a" } },
+    { "'*a' returns nil, 'closed' when nothing came before the close", "", { "*a" } },
+    { "a second '*a' returns nil, 'closed', ''", "data", { "*a" }, { "*a" } },
+    { "'*a' after a line returns the rest", "line\nrest", { "*l" }, { "*a" } },
+    { "'*a' puts the prefix first", "abc", { "*a", "pre" } },
+    { "'*l' returns a last line without newline as the partial result", "a\nlast", { "*l" }, { "*l" } },
+    { "'*l' drops the CRs of a partial last line", "x\r\ny\rz", { "*l" }, { "*l" } },
+    { "'*l' with a prefix keeps the prefix", "a\r\n", { "*l", "pre" } },
+    { "a count larger than what is left returns the rest as the partial result", "abc", { 10 } },
+    { "a count includes the prefix", "abcdef", { 5, "pre" } },
+    { "a count of 0 returns ''", "abc", { 0 } },
+    { "a count after a line returns the bytes that follow", "l\n12345", { "*l" }, { 3 } },
+  }
+  for _, case in ipairs(cases) do
+    it(case[1] .. ", as LuaSocket", function()
+      local want, got = both(case[2], case[3], case[4])
+      assert.same(want, got)
+    end)
+  end
+
+  it("'*a' with data before a wait and only the close after it returns nil, 'closed', data, as upstream", function()
+    local a, b = net.pair()
+    local r
+    copas.addthread(function()
+      assert(copas.send(a, "early"))
+      copas.pause(0.2)
+      copas.close(a)
+    end)
+    helper.run(copas, function() r = pack(copas.receive(b, "*a")) end, 3)
+    assert.same(pack(nil, "closed", "early"), r)
+  end)
+end)

@@ -184,3 +184,49 @@ describe("the TCP wrapper's send", function()
     assert.is_true(type(r3) == "number" and r3 > 0 and r3 < #data, "last index " .. tostring(r3))
   end)
 end)
+
+-- Fails before the fix (issue #9, defect 2): the core took any userdata whose tostring began
+-- with "tcp{client}" for a LuaSocket connection, read a descriptor out of its memory and wrote
+-- to it directly (for a 0-byte userdata: past its end, into whatever descriptor was there).
+describe("copas.send on an object that only claims to be a LuaSocket connection", function()
+  local copas
+  before_each(function() copas = helper.fresh_copas() end)
+  after_each(function() net.closeall() end)
+
+  it("goes through the object's own send method, never to the descriptor inside it", function()
+    local a, b = net.pair()
+    -- A real connection's userdata, with another metatable: same size, same descriptor inside.
+    local calls = {}
+    debug.setmetatable(b, {
+      __tostring = function() return "tcp{client}: 0x1" end,
+      __index = {
+        send = function(_, data, i) calls[#calls + 1] = data; return #data end,
+        getfd = function() return -1 end,
+        settimeout = function() end,
+      },
+    })
+    local ok, last
+    helper.run(copas, function() ok, last = pcall(copas.send, b, "bytes\n") end, 3)
+    assert.is_true(ok)
+    assert.equal(6, last)
+    assert.same({ "bytes\n" }, calls)
+    a:settimeout(0.2)
+    local data, err = a:receive(1)   -- nothing reached the real peer
+    assert.is_nil(data)
+    assert.equal("timeout", err)
+  end)
+
+  it("does not take a userdata without LuaSocket's class for one, and real connections keep working", function()
+    local spoof = newproxy and newproxy(true) or io.tmpfile()
+    if newproxy then getmetatable(spoof).__tostring = function() return "tcp{client}: x" end end
+    local a, b = net.pair()
+    local spoof_ok, line
+    helper.run(copas, function()
+      spoof_ok = pcall(copas.send, spoof, "bytes\n")
+      assert(copas.send(a, "real\n"))
+      line = copas.receive(b)
+    end, 3)
+    assert.is_false(spoof_ok)
+    assert.equal("real", line)
+  end)
+end)

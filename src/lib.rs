@@ -5,6 +5,7 @@
 //! copas gives a fresh instance, as upstream.
 
 mod dns;
+mod errors;
 mod hotpath;
 mod io;
 mod raw;
@@ -16,10 +17,10 @@ mod sockets;
 mod stats;
 mod timers;
 
-use std::os::raw::c_void;
+use std::os::raw::{c_char, c_int, c_void};
 use std::rc::Rc;
 
-use mlua::{AnyUserData, Function, LightUserData, Lua, Table, Thread, Value};
+use mlua::{AnyUserData, Function, LightUserData, Lua, MultiValue, Table, Thread, Value};
 
 use scheduler::{
     Core, OP_FOREVER, OP_LOOKUP, OP_PAUSE, OP_READ, OP_SEMAPHORE, OP_TIMER_DONE, OP_WRITE,
@@ -34,6 +35,7 @@ fn token() -> *mut c_void {
 
 #[mlua::lua_module(name = "copas_core")]
 fn copas_core(lua: &Lua) -> mlua::Result<Table> {
+    stay_loaded();
     let module = lua.create_table()?;
     // The runtime this build is for (set by build.rs), to tell builds apart when debugging paths.
     module.set("RUNTIME", env!("COPAS_LUA_RUNTIME"))?;
@@ -55,18 +57,59 @@ fn copas_core(lua: &Lua) -> mlua::Result<Table> {
     Ok(module)
 }
 
-/// Adds `name = function(args) ... end` to `t`, the function closing over the instance.
-fn add<A, R, F>(lua: &Lua, t: &Table, core: &Rc<Core>, name: &str, f: F) -> mlua::Result<()>
+#[repr(C)]
+struct DlInfo {
+    dli_fname: *const c_char,
+    dli_fbase: *mut c_void,
+    dli_sname: *const c_char,
+    dli_saddr: *mut c_void,
+}
+
+extern "C" {
+    fn dladdr(addr: *const c_void, info: *mut DlInfo) -> c_int;
+    fn dlopen(filename: *const c_char, flags: c_int) -> *mut c_void;
+}
+
+const RTLD_NOW: c_int = 2;
+const RTLD_NOLOAD: c_int = 4;
+const RTLD_NODELETE: c_int = 0x1000;
+
+/// Keeps this library mapped until the process exits. `lua_close` runs the finalizers of all
+/// objects in an order of its own, and LuaJIT unloads C modules among the first; a finalizer
+/// that calls copas after that (adding a thread, running the loop) would jump into unmapped
+/// code. Failing to pin only leaves the old behaviour.
+fn stay_loaded() {
+    let mut info = DlInfo {
+        dli_fname: std::ptr::null(),
+        dli_fbase: std::ptr::null_mut(),
+        dli_sname: std::ptr::null(),
+        dli_saddr: std::ptr::null_mut(),
+    };
+    // SAFETY: `dladdr` fills `info` for an address inside this library (a function of it);
+    // `dlopen` with RTLD_NOLOAD only takes another reference to the already loaded library
+    // named by the path it gave, and RTLD_NODELETE keeps it loaded; the handle is never closed.
+    unsafe {
+        if dladdr(stay_loaded as *const c_void, &mut info) != 0 && !info.dli_fname.is_null() {
+            dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
+        }
+    }
+}
+
+/// Adds `name = function(args) ... end` to `t`, the function closing over the instance. Its
+/// errors, bad arguments included, reach Lua as plain strings in Lua's words (`errors.rs`).
+fn add<A, R, F>(lua: &Lua, t: &Table, core: &Rc<Core>, name: &'static str, f: F) -> mlua::Result<()>
 where
     A: mlua::FromLuaMulti,
     R: mlua::IntoLuaMulti,
     F: Fn(&Lua, &Core, A) -> mlua::Result<R> + 'static,
 {
     let core = Rc::clone(core);
-    t.raw_set(
-        name,
-        lua.create_function(move |lua, args| f(lua, &core, args))?,
-    )
+    let in_lua_words = move |e: mlua::Error| mlua::Error::runtime(errors::lua_style(name, &e));
+    let function = lua.create_function(move |lua, args: MultiValue| {
+        let args = A::from_lua_multi(args, lua).map_err(in_lua_words)?;
+        f(lua, &core, args).map_err(in_lua_words)
+    })?;
+    t.raw_set(name, errors::plain_errors(lua, function)?)
 }
 
 fn new_instance(lua: &Lua) -> mlua::Result<Table> {
@@ -141,7 +184,13 @@ fn new_instance(lua: &Lua) -> mlua::Result<Table> {
         "timer_count",
         |_, c, ()| Ok(c.timer_count()),
     )?;
-    add(lua, &t, &core, "cancel_all", |_, c, ()| c.cancel_all())?;
+    add(lua, &t, &core, "cancel_all", |lua, c, ()| {
+        let (waited_on, servers) = c.cancel_all();
+        Ok((
+            lua.create_sequence_from(waited_on)?,
+            lua.create_sequence_from(servers)?,
+        ))
+    })?;
     add(
         lua,
         &t,
@@ -208,9 +257,6 @@ fn add_socket_functions(lua: &Lua, t: &Table, core: &Rc<Core>) -> mlua::Result<(
         c.remove_server(fd_arg(fd));
         Ok(())
     })?;
-    add(lua, t, core, "fd_busy", |_, c, fd: f64| {
-        Ok(c.fd_busy(fd_arg(fd)))
-    })?;
     add(lua, t, core, "io_waiting", |_, c, id: i64| {
         Ok(c.io_waiting(id))
     })?;
@@ -238,10 +284,14 @@ fn add_socket_functions(lua: &Lua, t: &Table, core: &Rc<Core>) -> mlua::Result<(
         t,
         core,
         "adopt",
-        |_, c, (skt, fd): (AnyUserData, f64)| c.adopt_conn(&skt, fd_arg(fd)),
+        |lua, c, (skt, fd): (AnyUserData, f64)| c.adopt_conn(lua, &skt, fd_arg(fd)),
     )?;
-    add(lua, t, core, "resolve", |_, c, host: String| {
-        c.resolve(host)
+    add(lua, t, core, "is_tcp_client", |lua, _, skt: Value| {
+        Ok(matches!(skt, Value::UserData(ud) if io::is_luasocket_client(lua, &ud)))
+    })?;
+    // A name that is not UTF-8 cannot be a host name: its lookup fails as any unknown name.
+    add(lua, t, core, "resolve", |_, c, host: mlua::LuaString| {
+        c.resolve(String::from_utf8_lossy(&host.as_bytes()).into_owned())
     })?;
     add(lua, t, core, "lookup_result", |lua, c, id: i64| {
         match c.lookup_result(id) {

@@ -5,9 +5,13 @@
 //! `threads` (strong), or `forever` (weak values) for a task that has slept until woken for
 //! more than a second or when the loop finishes, so that an abandoned sleeper can be collected
 //! (upstream keeps them in a weak set). Short lock and semaphore waits never move. No `RefCell`
-//! borrow is held across a resume: the coroutine calls back into this module.
+//! borrow is held across a resume: the coroutine calls back into this module. Nor across a Lua
+//! allocation (a table entry, a string, a handle): the collector may run `__gc` finalizers
+//! there, and a finalizer may call any public function, so every such point leaves the core
+//! consistent (a task's slot is taken before its coroutine is stored; the moves between the
+//! strong and the weak table allocate nothing, see `raw.rs`).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::RawFd;
 use std::os::raw::c_void;
@@ -17,7 +21,7 @@ use mlua::{ffi, AnyUserData, Function, Lua, Table, Thread, Value};
 use slab::Slab;
 
 use crate::dns::{Answer, Resolver};
-use crate::io::{self, luasocket_fd, Conn, Pattern, Received};
+use crate::io::{self, is_luasocket_client, luasocket_fd, Conn, Pattern, Received};
 use crate::raw::{EntryWatch, TaskSlots};
 use crate::reactor::{Reactor, Ready};
 use crate::resume::{resume, Arg, Outcome, ValueBox};
@@ -54,6 +58,18 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// What the shim's accept hook reports.
 const ACCEPTED: i64 = 1;
 const ACCEPT_FAILED: i64 = 2;
+
+const NESTED_STEP: &str = "copas.step and copas.loop cannot run inside a step (from a copas \
+     thread, an error handler, a timer callback or a finalizer)";
+
+/// Clears `Core::stepping` when the step ends, however it ends.
+struct StepGuard<'a>(&'a Cell<bool>);
+
+impl Drop for StepGuard<'_> {
+    fn drop(&mut self) {
+        self.0.set(false);
+    }
+}
 
 const FOREIGN_YIELD: &str =
     "coroutine.yield was called without a resume first, user-code cannot yield to Copas";
@@ -431,7 +447,6 @@ impl Sched {
 /// Lua-side storage for the values the scheduler refers to by key.
 struct Store {
     threads: Table,
-    forever: Table,
 }
 
 struct Hooks {
@@ -464,6 +479,8 @@ fn foreign_yield_error(lua: &Lua) -> Value {
 
 pub struct Core {
     sched: RefCell<Sched>,
+    /// A step is running (see `enter_step`).
+    stepping: Cell<bool>,
     slots: TaskSlots,
     store: Store,
     hooks: RefCell<Hooks>,
@@ -480,6 +497,7 @@ impl Core {
         let threads = lua.create_table()?;
         Ok(Core {
             slots: TaskSlots::new(lua, &threads, &forever)?,
+            stepping: Cell::new(false),
             sched: RefCell::new(Sched {
                 tasks: Slab::new(),
                 ready: VecDeque::new(),
@@ -505,7 +523,7 @@ impl Core {
                 granted: Vec::new(),
                 stats: Stats::default(),
             }),
-            store: Store { threads, forever },
+            store: Store { threads },
             hooks: RefCell::new(Hooks {
                 on_error: None,
                 on_exit: None,
@@ -550,27 +568,33 @@ impl Core {
         id
     }
 
-    /// Stores the coroutine first, so that a task never exists without its coroutine in
-    /// `Store::threads` (`discard` relies on it).
+    /// Takes the slot first and stores the coroutine after: storing allocates, and a finalizer
+    /// run by that allocation may add a thread itself (it must get another slot) or cancel all
+    /// (which leaves `Running` tasks alone, so the record stays `Running` until its coroutine
+    /// is stored, as `discard` expects of every other task).
     fn insert_task(&self, co: Thread, registered: bool, wait: Wait) -> mlua::Result<(usize, u32)> {
-        let key = self.sched.borrow().tasks.vacant_key();
-        let state = co.state();
-        self.store.threads.raw_set(key, co)?;
-        let mut s = self.sched.borrow_mut();
-        let gen = s.next_gen();
-        let inserted = s.tasks.insert(Task {
-            gen,
-            registered,
-            canceled: false,
-            started: wait == Wait::Running,
-            notify_exit: false,
-            wait,
-            weak: false,
-            result: None,
-            since: 0,
-            state,
-        });
-        debug_assert_eq!(inserted, key);
+        let (key, gen) = {
+            let mut s = self.sched.borrow_mut();
+            let gen = s.next_gen();
+            let key = s.tasks.insert(Task {
+                gen,
+                registered,
+                canceled: false,
+                started: wait == Wait::Running,
+                notify_exit: false,
+                wait: Wait::Running,
+                weak: false,
+                result: None,
+                since: 0,
+                state: co.state(),
+            });
+            (key, gen)
+        };
+        if let Err(e) = self.store.threads.raw_set(key, co) {
+            self.sched.borrow_mut().tasks.remove(key);
+            return Err(e);
+        }
+        self.sched.borrow_mut().tasks[key].wait = wait;
         Ok((key, gen))
     }
 
@@ -656,7 +680,7 @@ impl Core {
             forever
         };
         if was_forever {
-            let _ = self.store.forever.raw_set(key, Value::Nil);
+            self.slots.clear_forever(key);
         } else {
             // SAFETY: a task not moved to the weak table always has its coroutine in
             // `Store::threads` (see `insert_task`, `demote`, `wakeup`), a table without metatable.
@@ -792,7 +816,7 @@ impl Core {
             .map(|(k, _)| k)
             .collect();
         for key in asleep {
-            if matches!(self.store.forever.raw_get::<Value>(key), Ok(Value::Nil)) {
+            if self.slots.collected(key) {
                 s.remove_task(key);
             }
         }
@@ -819,18 +843,19 @@ impl Core {
                 .collect()
         };
         for key in keys {
-            let Ok(co) = self.store.threads.raw_get::<Value>(key) else {
-                continue;
-            };
-            if self.store.forever.raw_set(key, co).is_err() {
-                continue;
-            }
-            // SAFETY: a strong forever-sleeper's coroutine is in `Store::threads`.
-            unsafe { self.slots.clear(key) };
-            if let Some(t) = self.sched.borrow_mut().tasks.get_mut(key) {
-                t.weak = true;
+            // Each move is checked again: a finalizer run by an earlier one may have woken,
+            // removed or replaced any of these tasks.
+            if self.is_strong_forever_sleeper(key) {
+                self.slots.demote(key);
+                if let Some(t) = self.sched.borrow_mut().tasks.get_mut(key) {
+                    t.weak = true;
+                }
             }
         }
+    }
+
+    fn is_strong_forever_sleeper(&self, key: usize) -> bool {
+        matches!(self.sched.borrow().tasks.get(key), Some(t) if t.wait.is_forever() && !t.weak)
     }
 
     /// `copas.finished()`: nothing ready, asleep or registered, and no forever-sleeper that a
@@ -862,12 +887,18 @@ impl Core {
     }
 
     pub fn take_stats(&self, out: &Table) -> mlua::Result<()> {
-        self.sched.borrow_mut().stats.take_into(out)
+        let fields = self.sched.borrow_mut().stats.take_fields();
+        for (name, value) in fields.into_iter().flatten() {
+            out.raw_set(name, value)?;
+        }
+        Ok(())
     }
 
     /// `copas.cancelall()`: every task but the running ones, every sleeper and every pending
-    /// timeout is dropped; nothing of it runs again.
-    pub fn cancel_all(&self) -> mlua::Result<()> {
+    /// timeout is dropped; nothing of it runs again. Returns the descriptors the shim closes:
+    /// connections somebody waited on, and servers (it cannot walk its own tables for them: a
+    /// finalizer may add to them meanwhile, and `next` then fails).
+    pub fn cancel_all(&self) -> (Vec<RawFd>, Vec<RawFd>) {
         let doomed: Vec<usize> = self
             .sched
             .borrow()
@@ -876,10 +907,12 @@ impl Core {
             .filter(|(_, t)| t.wait != Wait::Running)
             .map(|(k, _)| k)
             .collect();
+        // `discard` makes no Lua allocation, so no finalizer runs in this loop.
         for key in doomed {
             self.discard(key);
         }
         let mut s = self.sched.borrow_mut();
+        let to_close = s.sockets.waited_on_and_servers();
         s.timers.clear();
         s.ready.clear();
         s.deadlines.clear();
@@ -889,12 +922,27 @@ impl Core {
         s.sockets.clear();
         s.lookup_waiters.clear();
         s.resolver = Resolver::new();
-        Ok(())
+        to_close
     }
 
     /// `copas.step`: wait for the next event or deadline, then run what became ready.
     /// Returns whether any socket event was handled.
     pub fn step(&self, lua: &Lua, timeout: Option<f64>) -> mlua::Result<bool> {
+        let _stepping = self.enter_step()?;
+        self.step_once(lua, timeout)
+    }
+
+    /// Marks a step as running until the guard is dropped; an error if one runs already.
+    /// A step inside a step (from a copas thread, an error handler or a finalizer) would resume
+    /// tasks the outer step is in the middle of handling.
+    fn enter_step(&self) -> mlua::Result<StepGuard<'_>> {
+        if self.stepping.replace(true) {
+            return Err(mlua::Error::runtime(NESTED_STEP));
+        }
+        Ok(StepGuard(&self.stepping))
+    }
+
+    fn step_once(&self, lua: &Lua, timeout: Option<f64>) -> mlua::Result<bool> {
         let (mut events, idle) = self.wait(timeout)?;
         let retry = self.sched.borrow_mut().servers_to_retry();
         let handled = !events.is_empty() || !retry.is_empty();
@@ -1037,7 +1085,10 @@ impl Core {
     /// Takes over reading a plain LuaSocket TCP connection (see `io.rs`). `getfd` is what its
     /// `getfd()` said; the descriptor is also read from the object itself on every call (so a
     /// socket closed behind copas's back reads as closed), and the two must agree here.
-    pub fn adopt_conn(&self, skt: &AnyUserData, getfd: RawFd) -> mlua::Result<bool> {
+    pub fn adopt_conn(&self, lua: &Lua, skt: &AnyUserData, getfd: RawFd) -> mlua::Result<bool> {
+        if !is_luasocket_client(lua, skt) {
+            return Ok(false);
+        }
         let (owner, fd) = luasocket_fd(skt.to_pointer());
         if fd < 0 || fd != getfd {
             return Ok(false);
@@ -1102,11 +1153,14 @@ impl Core {
         ((start - 1 + sent as i64) as f64, err)
     }
 
+    /// Registers a server socket. A descriptor epoll refuses (not open, not a socket) is
+    /// accepted without effect, as upstream accepts any object with a `getfd`: such a server
+    /// never accepts anything.
     pub fn add_server(&self, fd: RawFd, udp: bool) -> mlua::Result<()> {
         let mut s = self.sched.borrow_mut();
-        s.reactor
-            .register(fd, false)
-            .map_err(mlua::Error::external)?;
+        if fd < 0 || s.reactor.register(fd, false).is_err() {
+            return Ok(());
+        }
         s.sockets.set_write_interest(fd, false);
         let kind = if udp { Server::Udp } else { Server::Tcp };
         // Connections queued already are reported at once: epoll checks readiness on add.
@@ -1116,11 +1170,6 @@ impl Core {
 
     pub fn remove_server(&self, fd: RawFd) {
         self.sched.borrow_mut().sockets.set_server(fd, Server::None);
-    }
-
-    /// True when a task waits on `fd` or it is a server (`cancelall` closes those).
-    pub fn fd_busy(&self, fd: RawFd) -> bool {
-        self.sched.borrow().sockets.busy(fd)
     }
 
     /// True while the task waits on a socket or a name lookup.
@@ -1215,12 +1264,13 @@ impl Core {
         finished: &Function,
         timeout: Option<f64>,
     ) -> mlua::Result<bool> {
+        let _stepping = self.enter_step()?;
         let binding = EntryWatch::new(lua, copas, ["step", "finished"], [step, finished])?;
         loop {
             if !binding.unchanged() {
                 return Ok(false);
             }
-            self.step(lua, timeout)?;
+            self.step_once(lua, timeout)?;
             if self.finished() {
                 return Ok(true);
             }

@@ -6,7 +6,7 @@
 
 use std::os::fd::RawFd;
 
-use crate::io::{Conn, Pattern, Received, READ_SIZE};
+use crate::io::{BorrowedStream, Conn, Pattern, Received, READ_SIZE};
 
 /// A task's slab key and generation.
 pub type TaskRef = (usize, u32);
@@ -103,6 +103,9 @@ impl Sockets {
     }
 
     pub fn set_server(&mut self, fd: RawFd, server: Server) {
+        if server == Server::None && self.server(fd) == Server::None {
+            return; // nothing to undo (and no slot to make for a descriptor never seen)
+        }
         let slot = self.slot(fd);
         let was = std::mem::replace(&mut slot.server, server);
         match (was == Server::None, server == Server::None) {
@@ -144,9 +147,11 @@ impl Sockets {
             self.scratch = vec![0; READ_SIZE];
         }
         let mut scratch = std::mem::take(&mut self.scratch);
-        let received = self
-            .conn(fd, owner)
-            .receive(fd, pattern, have, partial, &mut scratch);
+        // SAFETY: the fd is the open socket of the LuaSocket object `owner`, read for this call.
+        let mut stream = unsafe { BorrowedStream::new(fd) };
+        let received =
+            self.conn(fd, owner)
+                .receive(&mut stream, pattern, have, partial, &mut scratch);
         self.scratch = scratch;
         received
     }
@@ -173,11 +178,18 @@ impl Sockets {
         waiters
     }
 
-    /// True when something waits on `fd` or it is a server.
-    pub fn busy(&self, fd: RawFd) -> bool {
-        self.fds.get(fd as usize).is_some_and(|f| {
-            f.server != Server::None || !f.readers.is_empty() || !f.writers.is_empty()
-        })
+    /// The descriptors somebody waits on (servers excepted), and the servers.
+    pub fn waited_on_and_servers(&self) -> (Vec<RawFd>, Vec<RawFd>) {
+        let mut waited_on = Vec::new();
+        let mut servers = Vec::new();
+        for (fd, f) in self.fds.iter().enumerate() {
+            if f.server != Server::None {
+                servers.push(fd as RawFd);
+            } else if !f.readers.is_empty() || !f.writers.is_empty() {
+                waited_on.push(fd as RawFd);
+            }
+        }
+        (waited_on, servers)
     }
 
     /// Per direction, the descriptors with a waiter that `live` accepts (servers count as read).

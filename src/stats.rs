@@ -6,7 +6,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use mlua::Table;
+use mlua::Value;
 
 pub fn epoch_seconds() -> f64 {
     SystemTime::now()
@@ -81,11 +81,11 @@ impl Stats {
         }
     }
 
-    /// Moves the current record into `out` (and starts a new one), if there is one.
-    pub fn take_into(&mut self, out: &Table) -> mlua::Result<()> {
-        let Some(r) = self.record.take() else {
-            return Ok(());
-        };
+    /// The finished record's fields, for `copas.status(true)` (None when stats were not
+    /// recorded). The caller writes them into Lua, which allocates: a finalizer may then call
+    /// into the core, so nothing may be borrowed meanwhile.
+    pub fn take_fields(&mut self) -> Option<Vec<(&'static str, Value)>> {
+        let r = self.record.take()?;
         let min_ever = self.min_ever.unwrap_or(9999999.0).min(r.duration_min);
         let max_ever = self.max_ever.unwrap_or(0.0).max(r.duration_max);
         self.min_ever = Some(min_ever);
@@ -94,18 +94,20 @@ impl Stats {
         let time_end = epoch_seconds();
         let time_tot = time_end - time_start;
         let steps = r.steps as f64;
-        out.raw_set("steps", r.steps)?;
-        out.raw_set("duration_min", millis(r.duration_min))?;
-        out.raw_set("duration_max", millis(r.duration_max))?;
-        out.raw_set("duration_tot", millis(r.duration_tot))?;
-        out.raw_set("duration_avg", millis(r.duration_tot / steps))?;
-        out.raw_set("duration_min_ever", millis(min_ever))?;
-        out.raw_set("duration_max_ever", millis(max_ever))?;
-        out.raw_set("time_start", seconds(time_start))?;
-        out.raw_set("time_end", seconds(time_end))?;
-        out.raw_set("time_tot", seconds(time_tot))?;
-        out.raw_set("time_avg", millis(time_tot / steps))?;
-        Ok(())
+        let number = Value::Number;
+        Some(vec![
+            ("steps", Value::Integer(r.steps as _)),
+            ("duration_min", number(millis(r.duration_min))),
+            ("duration_max", number(millis(r.duration_max))),
+            ("duration_tot", number(millis(r.duration_tot))),
+            ("duration_avg", number(millis(r.duration_tot / steps))),
+            ("duration_min_ever", number(millis(min_ever))),
+            ("duration_max_ever", number(millis(max_ever))),
+            ("time_start", number(seconds(time_start))),
+            ("time_end", number(seconds(time_end))),
+            ("time_tot", number(seconds(time_tot))),
+            ("time_avg", number(millis(time_tot / steps))),
+        ])
     }
 }
 

@@ -63,7 +63,7 @@ if newproxy then
   end
 else
   function semaphore.__gc(self)
-    collected[#collected + 1] = self.id
+    if getmetatable(self) == semaphore then collected[#collected + 1] = self.id end
   end
   function watch_collection() end
 end
@@ -231,6 +231,9 @@ end
 -- nil + "destroyed" (so does one served but not yet run, as upstream).
 -- @return true
 function semaphore:destroy()
+  if getmetatable(self) ~= semaphore then
+    error(("bad argument #1 to 'destroy' (semaphore expected, got %s)"):format(type(self)), 2)
+  end
   core.remove(self.id, true)
   self.destroyed = true
   setmetatable(self, destroyed_mt)
