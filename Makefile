@@ -2,7 +2,9 @@
 #
 #   make build [LUA=5.4]     build one runtime (5.1 5.2 5.3 5.4 jit), or all five without LUA
 #   make demo  [LUA=5.4]     install missing packages, build, run examples/demo.lua (Lua 5.4)
-#   make test                everything CI runs: deps, builds, fmt, clippy, busted x5, luarocks
+#   make test                everything CI runs: deps, builds, fmt, clippy, unit, busted x5,
+#                            fuzz, luarocks
+#   make unit                the Rust unit tests (cargo test; pure Rust, one runtime's build)
 #   make conformance UPSTREAM=/path/to/copas   upstream's tests against our build
 #   make bench UPSTREAM=/path/to/copas         bench/run and bench/net/run, side by side with upstream
 #   make fuzz [SEED=1] [COUNT=10000] [LUA="5.4 jit"]   the seeded fuzzer of the public API
@@ -39,7 +41,7 @@ endif
 DEMO_LUA := $(or $(LUA),5.4)
 
 .PHONY: all build $(addprefix build-,$(ALL_LUA)) demo test deps conformance bench env clean \
-	fmt clippy check-cargo fuzz memcheck
+	fmt clippy unit check-cargo fuzz memcheck
 
 all: build
 
@@ -95,6 +97,10 @@ clippy: check-cargo
 	@set -e; for v in $(LUAS); do f=$$(case $$v in jit) echo luajit;; *) echo lua$${v/./};; esac); \
 	  echo "$(CARGO) clippy --release --features $$f --target-dir target/$$f -- -D warnings"; \
 	  $(CARGO) clippy --release --features $$f --target-dir target/$$f -- -D warnings; done
+
+# The unit tests call no Lua function, but the crate links against one runtime: Lua 5.4's build.
+unit: check-cargo
+	$(CARGO) test --release --features lua54 --target-dir target/lua54 --lib
 
 conformance:
 	@test -n "$(UPSTREAM)" || { echo "usage: make conformance UPSTREAM=/path/to/upstream/copas" >&2; exit 2; }

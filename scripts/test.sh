@@ -3,14 +3,14 @@
 #
 #   1. installs missing Debian packages (scripts/install-deps.sh) and checks the Rust toolchain;
 #   2. builds the five runtimes (make build LUA=5.1 .. jit);
-#   3. cargo fmt --check, and cargo clippy -D warnings once per runtime;
+#   3. cargo fmt --check, and cargo clippy -D warnings once per runtime; the Rust unit tests;
 #   4. busted (spec/*_spec.lua, one process per file) on each runtime, TAP output, with that
 #      runtime's tree alone on LUA_PATH/LUA_CPATH;
 #   5. a short seeded fuzz run per runtime (scripts/fuzz.sh, FUZZ_CALLS calls, default 10000);
 #   6. installs the rock into a temporary tree and runs a small loop from it (scripts/test-rock.sh).
 #
 # Ends with a line `N passed, N failed`: busted tests (over all runtimes) plus one for each
-# other check (build, fmt, clippy, fuzz, rock install). Exits non-zero if anything failed.
+# other check (build, fmt, clippy, unit, fuzz, rock install). Exits non-zero if anything failed.
 #
 # Environment: TEST_LUA="5.4 jit" limits the runtimes; SPEC_TIMEOUT (seconds per spec file and
 # runtime, default 180); TEST_BUDGET (seconds for the whole run, default 4500);
@@ -86,6 +86,11 @@ if [ "${SKIP_LINT:-0}" != 1 ]; then
     fi
   done
 fi
+
+# --- 3b. Rust unit tests ----------------------------------------------------------------------
+section "make unit"
+make --no-print-directory unit 2>&1 | tee "$LOGDIR/unit.log"
+record "cargo test (make unit)" "${PIPESTATUS[0]}"
 
 # --- 4. busted -------------------------------------------------------------------------------
 for v in "${RUNTIMES[@]}"; do
