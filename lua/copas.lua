@@ -575,7 +575,7 @@ end
 local function adopt(skt)
   if not is_client(skt) or skt:dirty() then return nil end
   local fd = current_fd(skt)
-  if fd == nil or not sched.adopt(skt, fd) then return nil end
+  if fd == nil or not sched.read_directly(skt, fd) then return nil end
   adopted[skt], watched_fd[skt], fd_socket[fd] = fd, fd, skt
   return fd
 end
@@ -1393,6 +1393,9 @@ copas_mt.internal = {
     give = sched.semaphore_give,          -- (id, amount) -> true | "too many"
     counts = sched.semaphore_counts,      -- (id) -> count, resources waited for minus count
     remove = sched.semaphore_remove,      -- (id, destroyed)
+    hand_over = sched.semaphore_hand_over, -- (id) -> the waiter given one resource, or nil
+    GRANTED = core.GRANTED,
+    TIMED_OUT = core.TIMED_OUT,
     -- The running thread `co` waits in the line of semaphore `id`, handing over `count` if
     -- given (its copas.timeout is cancelled, as upstream's take replaces it with its own).
     -- Returns 1 granted, 0 timeout, 2 destroyed.

@@ -34,6 +34,8 @@ pub struct Reactor {
     poll: Option<Poll>,
     waker: Option<Arc<Waker>>,
     events: Events,
+    /// Per fd: writability is in its epoll interest.
+    writing: Vec<bool>,
 }
 
 impl Reactor {
@@ -42,6 +44,7 @@ impl Reactor {
             poll: None,
             waker: None,
             events: Events::with_capacity(1024),
+            writing: Vec::new(),
         }
     }
 
@@ -52,10 +55,12 @@ impl Reactor {
         Ok(self.poll.as_mut().expect("poll was just made"))
     }
 
-    /// Registers `fd` for reading, and writing if `write`. A descriptor already in this epoll
-    /// set (the same file under a new object, e.g. after a TLS wrap) is modified instead; epoll
-    /// then reports the current readiness again, so nothing is missed by the change.
-    pub fn register(&mut self, fd: RawFd, write: bool) -> io::Result<()> {
+    /// Registers `fd` for reading (and writing, while somebody waits to write on it). A
+    /// descriptor already in this epoll set (the same file under a new object, e.g. after a TLS
+    /// wrap) is modified instead; epoll then reports the current readiness again, so nothing is
+    /// missed by the change.
+    pub fn register(&mut self, fd: RawFd) -> io::Result<()> {
+        let write = self.writing.get(fd as usize).copied().unwrap_or(false);
         let interest = if write {
             Interest::READABLE | Interest::WRITABLE
         } else {
@@ -72,9 +77,26 @@ impl Reactor {
         }
     }
 
+    /// Asks for writability edges of `fd` (`on`) or stops them; changes the registration only
+    /// when the interest changes.
+    pub fn want_write(&mut self, fd: RawFd, on: bool) -> io::Result<()> {
+        let i = fd as usize;
+        if self.writing.get(i).copied().unwrap_or(false) == on {
+            return Ok(());
+        }
+        if self.writing.len() <= i {
+            self.writing.resize(i + 1, false);
+        }
+        self.writing[i] = on;
+        self.register(fd)
+    }
+
     /// Takes `fd` out of the epoll set before it is closed. Errors are ignored: a descriptor
     /// closed behind our back has already left the set.
     pub fn deregister(&mut self, fd: RawFd) {
+        if let Some(w) = self.writing.get_mut(fd as usize) {
+            *w = false;
+        }
         if let Some(poll) = &self.poll {
             let _ = poll.registry().deregister(&mut SourceFd(&fd));
         }

@@ -14,7 +14,7 @@ use std::collections::VecDeque;
 
 use slab::Slab;
 
-use crate::sockets::TaskRef;
+use crate::tasks::TaskRef;
 
 struct Waiter {
     task: TaskRef,

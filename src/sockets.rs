@@ -6,10 +6,8 @@
 
 use std::os::fd::RawFd;
 
-use crate::io::{BorrowedStream, Conn, Pattern, Received, READ_SIZE};
-
-/// A task's slab key and generation.
-pub type TaskRef = (usize, u32);
+use crate::luasocket::{BorrowedStream, Conn, Pattern, Received, READ_SIZE};
+use crate::tasks::TaskRef;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub enum Server {
@@ -27,24 +25,21 @@ struct Fd {
     readers: Vec<TaskRef>,
     writers: Vec<TaskRef>,
     server: Server,
-    /// The receive buffer, for a connection copas reads itself (see `io.rs`).
+    /// The receive buffer, for a connection copas reads itself (see `luasocket.rs`).
     conn: Option<Conn>,
-    /// Writability is in the epoll interest (only while somebody waits to write).
-    write_interest: bool,
+    /// A server whose accept failed is tried again at this time (a deadline-heap entry).
+    backoff_until: Option<u64>,
 }
 
 #[derive(Default)]
 pub struct Sockets {
     fds: Vec<Fd>,
-    /// Where connections read into (see `io.rs`); made on the first read.
+    /// Where connections read into (see `luasocket.rs`); made on the first read.
     scratch: Vec<u8>,
     servers: usize,
     /// Servers that accepted a connection last step: one accept per server per step (upstream),
     /// and with edge-triggered readiness the rest of the backlog gives no new event.
     pub accept_again: Vec<RawFd>,
-    /// Servers whose accept failed (descriptors ran out), retried at the given time instead of
-    /// on every step.
-    pub backoff: Vec<(RawFd, u64)>,
 }
 
 impl Sockets {
@@ -78,17 +73,6 @@ impl Sockets {
         std::mem::take(self.list(fd, write))
     }
 
-    /// Whether writability is in the epoll interest of `fd`.
-    pub fn wants_write(&self, fd: RawFd) -> bool {
-        self.fds.get(fd as usize).is_some_and(|f| f.write_interest)
-    }
-
-    /// Records whether writability is asked for; returns whether that changed.
-    pub fn set_write_interest(&mut self, fd: RawFd, on: bool) -> bool {
-        let slot = self.slot(fd);
-        std::mem::replace(&mut slot.write_interest, on) != on
-    }
-
     /// Returns an emptied waiter list so its allocation serves the next waits, unless new
     /// waiters arrived meanwhile.
     pub fn give_back(&mut self, fd: RawFd, write: bool, list: Vec<TaskRef>) {
@@ -115,8 +99,24 @@ impl Sockets {
         }
         if server != Server::Tcp {
             self.accept_again.retain(|s| *s != fd);
-            self.backoff.retain(|(s, _)| *s != fd);
+            self.slot(fd).backoff_until = None;
         }
+    }
+
+    /// A failed accept: server `fd` is tried again at `at`.
+    pub fn start_backoff(&mut self, fd: RawFd, at: u64) {
+        self.slot(fd).backoff_until = Some(at);
+    }
+
+    /// When server `fd` is tried again, if it backs off.
+    pub fn backoff_until(&self, fd: RawFd) -> Option<u64> {
+        self.fds.get(fd as usize).and_then(|f| f.backoff_until)
+    }
+
+    /// The back-off of server `fd` is over: it accepts again in this step.
+    pub fn end_backoff(&mut self, fd: RawFd) {
+        self.slot(fd).backoff_until = None;
+        self.accept_again.push(fd);
     }
 
     /// Servers registered (they keep the loop alive).
@@ -172,7 +172,7 @@ impl Sockets {
         self.set_server(fd, Server::None);
         let slot = &mut self.fds[fd as usize];
         slot.conn = None;
-        slot.write_interest = false;
+        slot.backoff_until = None;
         let mut waiters = std::mem::take(&mut slot.readers);
         waiters.append(&mut slot.writers);
         waiters

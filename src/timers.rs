@@ -1,4 +1,5 @@
-//! One monotonic deadline structure for sleeping tasks and `copas.timeout` timers.
+//! One monotonic deadline structure for sleeping tasks, `copas.timeout` timers, and servers
+//! backing off after a failed accept.
 //!
 //! A binary heap with lazy deletion: cancelling or waking early leaves the entry in the heap, and
 //! the owner checks on expiry whether the entry is still the current one (by the generation of
@@ -18,28 +19,36 @@ pub enum Target {
     Task(usize),
     /// Fire the `copas.timeout` timer in this slab slot.
     Timer(usize),
+    /// End the accept back-off of the server with this descriptor.
+    Server(usize),
 }
+
+const KIND_BITS: u32 = 2;
+const KIND_MASK: u32 = (1 << KIND_BITS) - 1;
+const TASK: u32 = 0;
+const TIMER: u32 = 1;
+const SERVER: u32 = 2;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Entry {
     pub at: u64,
     key: u32,
-    /// The slot's generation, shifted left by one; the low bit is set for a timer.
+    /// The slot's generation, shifted left by two; the low bits tell the kind of target.
     tag: u32,
 }
 
 impl Entry {
     pub fn target(&self) -> Target {
         let key = self.key as usize;
-        if self.tag & 1 == 0 {
-            Target::Task(key)
-        } else {
-            Target::Timer(key)
+        match self.tag & KIND_MASK {
+            TASK => Target::Task(key),
+            TIMER => Target::Timer(key),
+            _ => Target::Server(key),
         }
     }
 
     pub fn gen(&self) -> u32 {
-        self.tag >> 1
+        self.tag >> KIND_BITS
     }
 }
 
@@ -70,16 +79,17 @@ impl Deadlines {
         Some(self.now().saturating_add(delay.as_nanos() as u64))
     }
 
-    /// Schedules `target` (a slot of generation `gen`, below 2^31) at `at`.
+    /// Schedules `target` (a slot of generation `gen`, below 2^30) at `at`.
     pub fn push(&mut self, at: u64, target: Target, gen: u32) {
         let (key, kind) = match target {
-            Target::Task(k) => (k, 0),
-            Target::Timer(k) => (k, 1),
+            Target::Task(k) => (k, TASK),
+            Target::Timer(k) => (k, TIMER),
+            Target::Server(fd) => (fd, SERVER),
         };
         self.heap.push(Reverse(Entry {
             at,
             key: key as u32,
-            tag: (gen << 1) | kind,
+            tag: (gen << KIND_BITS) | kind,
         }));
     }
 

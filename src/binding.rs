@@ -1,30 +1,216 @@
-//! The functions called per request or per hand-off, as plain `lua_CFunction`s: `recv` and
-//! `send` of a LuaSocket TCP connection, and `take`, `give` and the counts of a semaphore.
+//! The Lua face of one scheduler instance: the table `copas.core.new()` returns, whose
+//! functions close over one `Core`, grouped by concept as the core's files are.
 //!
-//! A server calls the first two for every line and every response. Through an mlua callback each
-//! argument and result passes mlua's reference stack: about 150 ns a call with a userdata and
-//! strings, against 30 ns for a callback without arguments (measured on 5.4). Here the arguments
-//! are read off the Lua stack and the results pushed directly.
-//!
-//! Each function has two upvalues: the `Core` (light userdata) and the instance table, which
-//! holds the mlua closures that own the `Core` (an `Rc`), so the core lives as long as the
-//! function does.
+//! Most are mlua functions (`Instance::add`), wrapped so that their errors reach Lua in Lua's
+//! words (`errors.rs`). The ones called per request or per hand-off (`recv` and `send` of a
+//! connection the core reads, a semaphore's `take`, `give` and counts) are plain
+//! `lua_CFunction`s: through an mlua callback each argument and result passes mlua's reference
+//! stack, about 150 ns a call with a userdata and strings against 30 ns for a callback without
+//! arguments (measured on 5.4); here the arguments are read off the Lua stack and the results
+//! pushed directly. Each has two upvalues: the `Core` (light userdata) and the instance table,
+//! which holds the mlua closures that own the `Core` (an `Rc`), so the core lives as long as
+//! the function does.
 
 use std::os::raw::{c_int, c_void};
 use std::ptr;
 use std::rc::Rc;
 
-use mlua::{ffi, Function, Lua, Table};
+use mlua::{ffi, AnyUserData, Function, Lua, MultiValue, Table, Thread, Value};
 
-use crate::io::{Pattern, Received};
-use crate::scheduler::Core;
+use crate::core::Core;
+use crate::errors;
+use crate::luasocket::{self, Pattern, Received};
+use crate::protocol::{self, MODE_ALL, MODE_LINE};
 use crate::semaphore::Take;
 
-/// Receive patterns passed by the shim (anything else is a byte count).
-pub const MODE_LINE: i64 = 1;
-pub const MODE_ALL: i64 = 2;
+/// The instance table being built, and the core its functions close over.
+struct Instance<'a> {
+    lua: &'a Lua,
+    table: Table,
+    core: Rc<Core>,
+}
 
-pub fn register(lua: &Lua, t: &Table, core: &Rc<Core>) -> mlua::Result<()> {
+impl Instance<'_> {
+    /// Adds `name = function(args) ... end`, the function closing over the core. Its errors,
+    /// bad arguments included, reach Lua as plain strings in Lua's words (`errors.rs`).
+    fn add<A, R, F>(&self, name: &'static str, f: F) -> mlua::Result<()>
+    where
+        A: mlua::FromLuaMulti,
+        R: mlua::IntoLuaMulti,
+        F: Fn(&Lua, &Core, A) -> mlua::Result<R> + 'static,
+    {
+        let core = Rc::clone(&self.core);
+        let in_lua_words = move |e: mlua::Error| mlua::Error::runtime(errors::lua_style(name, &e));
+        let function = self.lua.create_function(move |lua, args: MultiValue| {
+            let args = A::from_lua_multi(args, lua).map_err(in_lua_words)?;
+            f(lua, &core, args).map_err(in_lua_words)
+        })?;
+        self.table
+            .raw_set(name, errors::plain_errors(self.lua, function)?)
+    }
+}
+
+/// `copas.core.new()`: a fresh scheduler instance.
+pub fn new_instance(lua: &Lua) -> mlua::Result<Table> {
+    let instance = Instance {
+        lua,
+        table: lua.create_table()?,
+        core: Rc::new(Core::new(lua, protocol::token())?),
+    };
+    add_task_functions(&instance)?;
+    add_loop_functions(&instance)?;
+    add_timeout_functions(&instance)?;
+    add_hook_functions(&instance)?;
+    add_status_functions(&instance)?;
+    add_semaphore_functions(&instance)?;
+    add_socket_functions(&instance)?;
+    add_c_functions(lua, &instance.table, &instance.core)?;
+    Ok(instance.table)
+}
+
+/// Threads: `tasks.rs`.
+fn add_task_functions(i: &Instance) -> mlua::Result<()> {
+    i.add("spawn", |_, c, (co, registered): (Thread, bool)| {
+        c.spawn(co, registered)
+    })?;
+    i.add("attach", |_, c, co: Thread| c.attach(co))?;
+    i.add("run_now", |lua, c, (id, arg): (i64, Value)| {
+        c.run_now(lua, id, arg)
+    })?;
+    i.add("wakeup", |_, c, id: i64| c.wakeup(id))?;
+    i.add("remove", |_, c, id: i64| Ok(c.remove(id)))?;
+    i.add("alive", |_, c, id: i64| Ok(c.alive(id)))?;
+    i.add("watch_exit", |_, c, id: i64| {
+        c.watch_exit(id);
+        Ok(())
+    })
+}
+
+/// Step, loop, finished, cancelall: `stepping.rs`.
+fn add_loop_functions(i: &Instance) -> mlua::Result<()> {
+    i.add("step", |lua, c, timeout: Option<f64>| c.step(lua, timeout))?;
+    i.add(
+        "run",
+        |lua, c, (copas, step, finished, timeout): (Table, Function, Function, Option<f64>)| {
+            c.run(lua, &copas, &step, &finished, timeout)
+        },
+    )?;
+    i.add("finished", |_, c, ()| Ok(c.finished()))?;
+    i.add("cancel_all", |lua, c, ()| {
+        let (waited_on, servers) = c.cancel_all();
+        Ok((
+            lua.create_sequence_from(waited_on)?,
+            lua.create_sequence_from(servers)?,
+        ))
+    })
+}
+
+/// `copas.timeout`: `timeouts.rs`.
+fn add_timeout_functions(i: &Instance) -> mlua::Result<()> {
+    i.add("add_timer", |_, c, delay: f64| c.add_timer(delay))?;
+    i.add("cancel_timer", |_, c, id: i64| {
+        c.cancel_timer(id);
+        Ok(())
+    })?;
+    i.add("timer_count", |_, c, ()| Ok(c.timer_count()))?;
+    i.add("set_core_timer_factory", |_, c, f: Function| {
+        c.set_core_timer_factory(f);
+        Ok(())
+    })
+}
+
+/// The shim's hooks: `hooks.rs`.
+fn add_hook_functions(i: &Instance) -> mlua::Result<()> {
+    i.add("set_error_hook", |_, c, f: Option<Function>| {
+        c.set_error_hook(f);
+        Ok(())
+    })?;
+    i.add("set_exit_hook", |_, c, f: Option<Function>| {
+        c.set_exit_hook(f);
+        Ok(())
+    })?;
+    i.add("set_accept_hook", |_, c, f: Option<Function>| {
+        c.set_accept_hook(f);
+        Ok(())
+    })?;
+    i.add("set_tracer", |_, c, f: Option<Function>| {
+        c.set_tracer(f);
+        Ok(())
+    })
+}
+
+/// `copas.status`: `status.rs`.
+fn add_status_functions(i: &Instance) -> mlua::Result<()> {
+    i.add("counts", |_, c, ()| Ok(c.counts()))?;
+    i.add("io_counts", |_, c, ()| Ok(c.io_counts()))?;
+    i.add("io_waiting", |_, c, id: i64| Ok(c.io_waiting(id)))?;
+    i.add("set_stats", |_, c, on: bool| {
+        c.set_stats(on);
+        Ok(())
+    })?;
+    i.add("stats_enabled", |_, c, ()| Ok(c.stats_enabled()))?;
+    i.add("take_stats", |_, c, out: Table| c.take_stats(&out))
+}
+
+/// `copas.semaphore` (take, give and counts are C functions, below): `semaphore_waits.rs`.
+fn add_semaphore_functions(i: &Instance) -> mlua::Result<()> {
+    i.add("semaphore_new", |_, c, (max, start): (f64, f64)| {
+        c.semaphore_new(max, start)
+    })?;
+    i.add("semaphore_remove", |_, c, (id, destroyed): (i64, bool)| {
+        c.semaphore_remove(id, destroyed);
+        Ok(())
+    })?;
+    i.add("semaphore_hand_over", |_, c, id: i64| {
+        Ok(c.semaphore_hand_over(id))
+    })
+}
+
+/// A descriptor from Lua: `getfd()` gives a float on 5.3+ and -1 for none.
+fn fd_arg(x: f64) -> i32 {
+    if x.is_finite() && x >= 0.0 && x < i32::MAX as f64 {
+        x as i32
+    } else {
+        -1
+    }
+}
+
+/// Sockets and name lookups (recv and send are C functions, below): `readiness.rs`.
+fn add_socket_functions(i: &Instance) -> mlua::Result<()> {
+    i.add("now", |_, c, ()| Ok(c.now()))?;
+    i.add("watch", |_, c, fd: f64| c.watch(fd_arg(fd)))?;
+    i.add("close_fd", |_, c, fd: f64| {
+        c.close_fd(fd_arg(fd));
+        Ok(())
+    })?;
+    i.add("add_server", |_, c, (fd, udp): (f64, bool)| {
+        c.add_server(fd_arg(fd), udp);
+        Ok(())
+    })?;
+    i.add("remove_server", |_, c, fd: f64| {
+        c.remove_server(fd_arg(fd));
+        Ok(())
+    })?;
+    i.add("is_tcp_client", |lua, _, skt: Value| {
+        Ok(matches!(skt, Value::UserData(ud) if luasocket::is_luasocket_client(lua, &ud)))
+    })?;
+    i.add("read_directly", |lua, c, (skt, fd): (AnyUserData, f64)| {
+        Ok(c.read_directly(lua, &skt, fd_arg(fd)))
+    })?;
+    // A name that is not UTF-8 cannot be a host name: its lookup fails as any unknown name.
+    i.add("resolve", |_, c, host: mlua::LuaString| {
+        c.resolve(String::from_utf8_lossy(&host.as_bytes()).into_owned())
+    })?;
+    i.add("lookup_result", |lua, c, id: i64| {
+        match c.lookup_result(id) {
+            Some(Ok(addrs)) => Ok((Value::Table(lua.create_sequence_from(addrs)?), Value::Nil)),
+            Some(Err(msg)) => Ok((Value::Nil, Value::String(lua.create_string(msg)?))),
+            None => Ok((Value::Nil, Value::Nil)),
+        }
+    })
+}
+
+fn add_c_functions(lua: &Lua, t: &Table, core: &Rc<Core>) -> mlua::Result<()> {
     let fns: [(&str, ffi::lua_CFunction); 5] = [
         ("recv", recv),
         ("send", send),

@@ -1,18 +1,16 @@
-//! Table accesses the scheduler makes per task or per step, through the C API on a private
-//! thread's stack.
+//! Where task coroutines live: two Lua tables indexed by task key, `threads` (strong) and
+//! `forever` (weak values), accessed through the C API on a private thread's stack.
 //!
 //! On Lua 5.1 and LuaJIT every `mlua::Table::raw_set` runs inside a protected call made by
 //! pushing a fresh C closure: about 144 bytes of garbage per call, and a point where the
 //! collector may run finalizers that call back into the core. The scheduler clears a
 //! coroutine's slot each time a task ends, and moves coroutines between the strong and the
 //! weak table (also from a semaphore `give`, a raw C function, where mlua's idea of the
-//! current state may be stale), so those go through here. And reading a function out of
-//! a table through mlua makes (and drops) a reference for it: `copas.loop`, which checks
-//! `copas.step` and `copas.finished` before every step, compares them by identity here.
+//! current state may be stale), so those go through here.
 
-use std::os::raw::{c_int, c_void};
+use std::os::raw::c_int;
 
-use mlua::{ffi, Function, Lua, RegistryKey, Table, Thread};
+use mlua::{ffi, Lua, RegistryKey, Table, Thread};
 
 /// The two tables that hold task coroutines by key: `threads` (strong) and `forever` (weak
 /// values).
@@ -142,60 +140,5 @@ unsafe extern "C-unwind" fn move_back(l: *mut ffi::lua_State) -> c_int {
         ffi::lua_rawseti(l, 1, key);
         ffi::lua_pushboolean(l, 1);
         1
-    }
-}
-
-/// Tells whether two entries of a table still hold the values they held when it was made.
-pub struct EntryWatch {
-    _thread: Thread,
-    state: *mut ffi::lua_State,
-    table: RegistryKey,
-    entries: [(RegistryKey, *const c_void); 2],
-}
-
-impl EntryWatch {
-    /// Watches `table[names[i]]`, which now hold `values[i]`.
-    pub fn new(
-        lua: &Lua,
-        table: &Table,
-        names: [&str; 2],
-        values: [&Function; 2],
-    ) -> mlua::Result<Self> {
-        let thread = lua.create_thread(lua.create_function(|_, ()| Ok(()))?)?;
-        let state = thread.state();
-        let entry = |i: usize| -> mlua::Result<(RegistryKey, *const c_void)> {
-            Ok((
-                lua.create_registry_value(lua.create_string(names[i])?)?,
-                values[i].to_pointer(),
-            ))
-        };
-        Ok(EntryWatch {
-            _thread: thread,
-            state,
-            table: lua.create_registry_value(table.clone())?,
-            entries: [entry(0)?, entry(1)?],
-        })
-    }
-
-    /// True while both entries hold their values (by identity, raw access).
-    pub fn unchanged(&self) -> bool {
-        let l = self.state;
-        // SAFETY: `l` is the scratch thread's state, kept alive by `_thread` and used by nothing
-        // else; at most three of its LUA_MINSTACK (20) free slots are used. Raw gets of a table
-        // with a string key neither allocate nor raise.
-        unsafe {
-            // A fresh thread still holds its body function: start from an empty stack.
-            ffi::lua_settop(l, 0);
-            ffi::lua_rawgeti(l, ffi::LUA_REGISTRYINDEX, self.table.id() as _);
-            let same = self.entries.iter().all(|(name, value)| {
-                ffi::lua_rawgeti(l, ffi::LUA_REGISTRYINDEX, name.id() as _);
-                ffi::lua_rawget(l, 1);
-                let same = ffi::lua_topointer(l, -1) == *value;
-                ffi::lua_settop(l, 1);
-                same
-            });
-            ffi::lua_settop(l, 0);
-            same
-        }
     }
 }

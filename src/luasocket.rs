@@ -1,4 +1,6 @@
-//! Reads and writes for plain LuaSocket TCP connections, on the fd, with copas's own buffer.
+//! LuaSocket's semantics, for the TCP connections the core reads and writes itself on the fd,
+//! with copas's own buffer: the receive patterns, the send index rules, how a LuaSocket object
+//! is recognised and where its descriptor is, and LuaSocket's words for errors.
 //!
 //! Going through LuaSocket costs a failed `recv` (EAGAIN) before every wait, a clock read per
 //! call and Lua-level loops around it; here a short read tells that the kernel buffer is
@@ -291,9 +293,42 @@ pub fn luasocket_fd(skt: *const c_void) -> (usize, RawFd) {
     (p as usize, unsafe { p.read_unaligned() })
 }
 
-/// Sends `data` (already cut to the range asked for) and returns how many bytes went out, and
-/// the error that stopped it: `"timeout"` when the kernel buffer is full.
-pub fn send(fd: RawFd, data: &[u8]) -> (usize, Option<&'static str>) {
+/// `send(data, i, j)` on the connection with descriptor `fd`, as LuaSocket's: the bytes from
+/// `i` to `j` (see `send_range`); returns the index of the last byte sent and the error that
+/// stopped it (`"timeout"` when the kernel buffer is full).
+pub fn send(fd: RawFd, data: &[u8], i: Option<f64>, j: Option<f64>) -> (f64, Option<&'static str>) {
+    let (start, end) = send_range(data.len(), i, j);
+    if fd < 0 {
+        return ((start - 1) as f64, Some("closed"));
+    }
+    let (sent, err) = if start <= end {
+        write_now(fd, &data[start - 1..end])
+    } else {
+        (0, None)
+    };
+    ((start - 1 + sent) as f64, err)
+}
+
+/// LuaSocket's index rules for `send(data, i, j)` (buffer.c): `i` defaults to 1 and `j` to -1,
+/// negative indices count from the end, and the range is clipped to the data. Returns 1-based
+/// `(start, end)`; empty when `start > end`.
+fn send_range(size: usize, i: Option<f64>, j: Option<f64>) -> (usize, usize) {
+    let size = size as i64;
+    // `as` saturates: NaN is 0, the infinities the extremes, as LuaSocket's (long) cast intends.
+    let mut start = i.unwrap_or(1.0) as i64;
+    let mut end = j.unwrap_or(-1.0) as i64;
+    if start < 0 {
+        start = start.saturating_add(size + 1);
+    }
+    if end < 0 {
+        end = end.saturating_add(size + 1);
+    }
+    (start.max(1) as usize, end.clamp(0, size) as usize)
+}
+
+/// Writes `data` now, as much as the kernel takes: how many bytes went out, and the error that
+/// stopped it.
+fn write_now(fd: RawFd, data: &[u8]) -> (usize, Option<&'static str>) {
     // SAFETY: the fd is an open socket owned by the LuaSocket object, borrowed for this call.
     let mut stream = unsafe { BorrowedStream::new(fd) };
     let mut sent = 0;
@@ -507,6 +542,34 @@ mod tests {
         };
         k.deliver();
         k
+    }
+
+    #[test]
+    fn send_range_defaults_to_the_whole_string() {
+        assert_eq!(send_range(5, None, None), (1, 5));
+    }
+
+    #[test]
+    fn send_range_counts_negative_indices_from_the_end() {
+        assert_eq!(send_range(5, Some(-2.0), None), (4, 5));
+        assert_eq!(send_range(5, Some(2.0), Some(-2.0)), (2, 4));
+        assert_eq!(send_range(5, Some(-10.0), Some(-10.0)), (1, 0));
+    }
+
+    #[test]
+    fn send_range_clips_to_the_data_and_may_be_empty() {
+        assert_eq!(send_range(5, Some(0.0), Some(99.0)), (1, 5));
+        assert_eq!(send_range(5, Some(4.0), Some(2.0)), (4, 2));
+        assert_eq!(send_range(0, None, None), (1, 0));
+    }
+
+    #[test]
+    fn send_range_survives_nan_and_infinities() {
+        assert_eq!(send_range(5, Some(f64::NAN), Some(f64::INFINITY)), (1, 5));
+        assert_eq!(
+            send_range(5, Some(f64::NEG_INFINITY), Some(f64::NEG_INFINITY)),
+            (1, 0)
+        );
     }
 
     #[test]

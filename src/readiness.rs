@@ -1,0 +1,295 @@
+//! Readiness: who waits on which descriptor, in which direction, and what happens when epoll
+//! says it is ready; servers and accepting (with the back-off after a failed accept, on the
+//! one deadline heap); the connections the core reads and writes itself; name lookups.
+//!
+//! Waiting: a coroutine tries the operation first and yields OP_READ/OP_WRITE only after it
+//! said "timeout"/"wantread"/"wantwrite". Readiness runs *every* waiter of that direction in
+//! order (each retries; an extra wake-up costs one failed try), so several readers of one
+//! socket are never stranded; a deadline takes the waiter off the fd's list. Writability is
+//! asked of epoll only while somebody waits to write (`Reactor::want_write`).
+
+use std::os::fd::RawFd;
+use std::os::raw::c_void;
+use std::time::Duration;
+
+use mlua::{AnyUserData, Lua};
+
+use crate::core::{Core, Sched};
+use crate::dns::Answer;
+use crate::luasocket::{self, is_luasocket_client, luasocket_fd, Conn, Pattern, Received};
+use crate::protocol::{ACCEPTED, ACCEPT_FAILED};
+use crate::sockets::Server;
+use crate::tasks::{guarded, unpack, TaskRef, Wait};
+use crate::timers::Target;
+
+/// How long an accept that failed (descriptors ran out) waits before it is tried again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+impl Sched {
+    /// True while a socket, server or lookup could still wake the loop.
+    pub(crate) fn has_sources(&self) -> bool {
+        self.io_waiting > 0 || self.sockets.servers() > 0 || self.resolver.pending() > 0
+    }
+
+    /// The waiters in `list` still waiting on this fd and direction, made ready to run now.
+    pub(crate) fn claim_waiters(&mut self, list: &mut Vec<TaskRef>, fd: RawFd, write: bool) {
+        list.retain(|&(key, gen)| {
+            let waiting = matches!(self.task(key, gen),
+                Some(t) if matches!(t.wait, Wait::Io { fd: f, write: w, .. } if f == fd && w == write));
+            if waiting {
+                self.end_io_wait(key, true, false);
+            }
+            waiting
+        });
+    }
+
+    pub(crate) fn waits_on(&self, task: &TaskRef) -> bool {
+        matches!(self.tasks.get(task.0), Some(t) if t.gen == task.1 && matches!(t.wait, Wait::Io { .. }))
+    }
+
+    /// OP_READ/OP_WRITE: the task waits until `fd` is worth a retry in that direction, at most
+    /// until the deadline `at` (seconds of `Core::now`). False for a descriptor that cannot be.
+    pub(crate) fn wait_for_fd(
+        &mut self,
+        key: usize,
+        write: bool,
+        fd: Option<f64>,
+        at: Option<f64>,
+    ) -> bool {
+        let Some(fd) = fd.filter(|x| *x >= 0.0 && *x < i32::MAX as f64) else {
+            return false;
+        };
+        let fd = fd as RawFd;
+        if write {
+            // Failing means the fd was closed behind copas's back: the wait then ends by its
+            // deadline or never, as a wait on a closed socket in upstream.
+            let _ = self.reactor.want_write(fd, true);
+        }
+        let at = self.deadline_at(at);
+        let gen = self.tasks[key].gen;
+        self.sockets.add_waiter(fd, write, (key, gen));
+        self.tasks[key].wait = Wait::Io { fd, write, at };
+        self.io_waiting += 1;
+        self.push_deadline(key, at);
+        true
+    }
+
+    /// OP_LOOKUP: the task waits for lookup `id` to finish, at most until the deadline `at`.
+    pub(crate) fn wait_for_lookup(&mut self, key: usize, id: Option<f64>, at: Option<f64>) -> bool {
+        let Some(id) = id.map(|x| x as u64) else {
+            return false;
+        };
+        let at = self.deadline_at(at);
+        let gen = self.tasks[key].gen;
+        self.tasks[key].wait = Wait::Lookup { id, at };
+        if self.resolver.pending_id(id) {
+            self.lookup_waiters.insert(id, (key, gen));
+            self.push_deadline(key, at);
+        } else {
+            self.end_io_wait(key, true, true); // answered already
+        }
+        true
+    }
+}
+
+impl Core {
+    /// The readable phase for one fd: a TCP server accepts a connection; otherwise every reader
+    /// runs (in the order they started waiting; each retries, so none is stranded, upstream
+    /// bug #165). A UDP server's datagram that nobody waits for ends its hold on the loop.
+    pub(crate) fn on_readable(&self, lua: &Lua, fd: RawFd) -> mlua::Result<()> {
+        let server = self.with_sched(|s| s.sockets.server(fd));
+        if server == Server::Tcp {
+            return self.accept(fd);
+        }
+        if !self.wake_and_run(lua, fd, false) && server == Server::Udp {
+            self.with_sched(|s| s.sockets.set_server(fd, Server::None));
+        }
+        Ok(())
+    }
+
+    /// Runs every task waiting on `fd` in one direction. Returns whether there was any.
+    pub(crate) fn wake_and_run(&self, lua: &Lua, fd: RawFd, write: bool) -> bool {
+        let mut claimed = self.with_sched(|s| {
+            let mut list = s.sockets.take_waiters(fd, write);
+            s.claim_waiters(&mut list, fd, write);
+            list
+        });
+        for &(key, gen) in &claimed {
+            guarded(|| self.run_task(lua, key, gen));
+        }
+        let any = !claimed.is_empty();
+        claimed.clear();
+        self.with_sched(|s| {
+            if write && !any {
+                // Nobody waits to write any more: stop the writability edges.
+                let _ = s.reactor.want_write(fd, false);
+            }
+            // The list's allocation goes back for the next wait on this fd.
+            s.sockets.give_back(fd, write, claimed);
+        });
+        any
+    }
+
+    /// Accepts one connection on a TCP server through the shim's hook, which starts the
+    /// handler. Errors of the hook propagate out of `step`, as upstream's accept errors do.
+    pub(crate) fn accept(&self, fd: RawFd) -> mlua::Result<()> {
+        let hook = self.hooks.borrow().on_accept.clone();
+        let Some(hook) = hook else {
+            return Ok(());
+        };
+        let status: i64 = hook.call(fd)?;
+        self.with_sched(|s| {
+            if s.sockets.server(fd) != Server::Tcp {
+                return; // removed or closed by the handler
+            }
+            match status {
+                ACCEPTED => s.sockets.accept_again.push(fd),
+                ACCEPT_FAILED => {
+                    let at = s.deadlines.now() + ACCEPT_BACKOFF.as_nanos() as u64;
+                    s.sockets.start_backoff(fd, at);
+                    s.deadlines.push(at, Target::Server(fd as usize), 0);
+                }
+                _ => {}
+            }
+        });
+        Ok(())
+    }
+
+    /// Seconds on the monotonic clock of the deadlines (the unit of I/O wait deadlines).
+    pub fn now(&self) -> f64 {
+        self.with_sched(|s| s.deadlines.now() as f64 / 1e9)
+    }
+
+    /// Adds `fd` to the epoll set (once per socket object; the shim keeps track).
+    pub fn watch(&self, fd: RawFd) -> mlua::Result<bool> {
+        if fd < 0 {
+            return Ok(false);
+        }
+        Ok(self.with_sched(|s| s.reactor.register(fd).is_ok()))
+    }
+
+    /// `copas.close`: before the descriptor goes away, every task waiting on it is woken (its
+    /// retry then reports "closed", upstream bug #104) and it leaves the epoll set.
+    pub fn close_fd(&self, fd: RawFd) {
+        self.with_sched(|s| {
+            for (key, gen) in s.sockets.forget(fd) {
+                if s.waits_on(&(key, gen)) {
+                    s.end_io_wait(key, true, true);
+                }
+            }
+            s.reactor.deregister(fd);
+        });
+    }
+
+    /// Takes over reading a plain LuaSocket TCP connection (see `luasocket.rs`). `getfd` is what
+    /// its `getfd()` said; the descriptor is also read from the object itself on every call (so
+    /// a socket closed behind copas's back reads as closed), and the two must agree here.
+    pub fn read_directly(&self, lua: &Lua, skt: &AnyUserData, getfd: RawFd) -> bool {
+        if !is_luasocket_client(lua, skt) {
+            return false;
+        }
+        let (owner, fd) = luasocket_fd(skt.to_pointer());
+        if fd < 0 || fd != getfd {
+            return false;
+        }
+        self.with_sched(|s| {
+            if s.reactor.register(fd).is_err() {
+                return false;
+            }
+            *s.sockets.conn(fd, owner) = Conn::new(owner);
+            true
+        })
+    }
+
+    /// `receive` on a connection read directly (the LuaSocket object at `skt`). `have` is the
+    /// length of the caller's prefix. See `binding.rs` for the results.
+    pub fn recv(
+        &self,
+        skt: *const c_void,
+        pattern: Pattern,
+        have: usize,
+        partial: bool,
+    ) -> Received {
+        let (owner, fd) = luasocket_fd(skt);
+        if fd < 0 {
+            return Received::Failed("closed", Vec::new());
+        }
+        self.with_sched(|s| s.sockets.receive(fd, owner, pattern, have, partial))
+    }
+
+    /// `send(data, i, j)` on a LuaSocket TCP connection (see `luasocket::send`).
+    pub fn send(
+        &self,
+        skt: *const c_void,
+        bytes: &[u8],
+        i: Option<f64>,
+        j: Option<f64>,
+    ) -> (f64, Option<&'static str>) {
+        let (_, fd) = luasocket_fd(skt);
+        luasocket::send(fd, bytes, i, j)
+    }
+
+    /// Registers a server socket. A descriptor epoll refuses (not open, not a socket) is
+    /// accepted without effect, as upstream accepts any object with a `getfd`: such a server
+    /// never accepts anything.
+    pub fn add_server(&self, fd: RawFd, udp: bool) {
+        self.with_sched(|s| {
+            if fd < 0 || s.reactor.register(fd).is_err() {
+                return;
+            }
+            let kind = if udp { Server::Udp } else { Server::Tcp };
+            // Connections queued already are reported at once: epoll checks readiness on add.
+            s.sockets.set_server(fd, kind);
+        });
+    }
+
+    pub fn remove_server(&self, fd: RawFd) {
+        self.with_sched(|s| s.sockets.set_server(fd, Server::None));
+    }
+
+    /// True while the task waits on a socket or a name lookup.
+    pub fn io_waiting(&self, id: i64) -> bool {
+        let (key, gen) = unpack(id);
+        self.with_sched(|s| {
+            matches!(s.task(key, gen), Some(t) if matches!(t.wait, Wait::Io { .. } | Wait::Lookup { .. }))
+        })
+    }
+
+    /// (read, write): descriptors with a waiter, servers counting as read, for `copas.status()`.
+    pub fn io_counts(&self) -> (usize, usize) {
+        self.with_sched(|s| s.sockets.counts(|t| s.waits_on(t)))
+    }
+
+    /// Starts looking up `host` off the loop thread; the caller waits with OP_LOOKUP.
+    pub fn resolve(&self, host: String) -> mlua::Result<i64> {
+        self.with_sched(|s| {
+            let waker = s.reactor.waker()?;
+            s.resolver.start(host, waker)
+        })
+        .map(|id| id as i64)
+        .map_err(mlua::Error::external)
+    }
+
+    /// The answer of lookup `id` (once); None when it has not arrived (the lookup is then
+    /// abandoned).
+    pub fn lookup_result(&self, id: i64) -> Option<Answer> {
+        self.with_sched(|s| s.resolver.take(id as u64))
+    }
+
+    /// Lookups that finished: their waiters become ready. (A thread yields for its lookup in the
+    /// same turn it starts it, so an answer without a waiter was abandoned.)
+    pub(crate) fn collect_lookups(&self) {
+        self.with_sched(|s| {
+            for id in s.resolver.collect() {
+                let waiter = s.lookup_waiters.remove(&id).filter(|&(key, gen)| {
+                    matches!(s.task(key, gen), Some(t) if matches!(t.wait, Wait::Lookup { id: i, .. } if i == id))
+                });
+                match waiter {
+                    Some((key, _)) => s.end_io_wait(key, true, true),
+                    // Its thread was removed while the lookup ran: nobody will take the answer.
+                    None => drop(s.resolver.take(id)),
+                }
+            }
+        });
+    }
+}
