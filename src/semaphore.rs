@@ -147,3 +147,302 @@ impl Semaphore {
         requested - self.count
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    const A: TaskRef = (1, 0);
+    const B: TaskRef = (2, 0);
+    const C: TaskRef = (3, 0);
+
+    fn all(_: TaskRef) -> bool {
+        true
+    }
+
+    /// A semaphore with `max` and `count` and these waiters in line.
+    fn sema(max: f64, count: f64, line: &[(TaskRef, f64)]) -> Semaphore {
+        let mut s = Semaphore {
+            gen: 0,
+            count,
+            max,
+            line: VecDeque::new(),
+        };
+        for &(task, requested) in line {
+            s.enqueue(task, requested);
+        }
+        s
+    }
+
+    fn give(s: &mut Semaphore, amount: f64, waiting: impl Fn(TaskRef) -> bool) -> Vec<TaskRef> {
+        let mut granted = Vec::new();
+        s.give(amount, waiting, &mut granted);
+        granted
+    }
+
+    #[test]
+    fn a_take_that_fits_an_empty_line_is_granted_at_once() {
+        let mut s = sema(10.0, 3.0, &[]);
+        let mut granted = Vec::new();
+        assert_eq!(s.take(3.0, all, &mut granted), Take::Granted);
+        assert_eq!(s.count(), 0.0);
+        assert_eq!(s.take(1.0, all, &mut granted), Take::Wait);
+        assert_eq!(
+            s.take(0.0, all, &mut granted),
+            Take::Granted,
+            "0 always fits"
+        );
+        assert!(granted.is_empty());
+    }
+
+    #[test]
+    fn too_many_is_only_said_of_a_request_that_cannot_be_granted() {
+        // Upstream's fast path comes before the max check, and `start` may exceed `max`.
+        let mut s = sema(5.0, 8.0, &[]);
+        let mut granted = Vec::new();
+        assert_eq!(s.take(7.0, all, &mut granted), Take::Granted);
+        assert_eq!(s.take(6.0, all, &mut granted), Take::TooMany);
+        assert_eq!(s.count(), 1.0, "a refused request takes nothing");
+        // With a line, a request over max is refused rather than queued behind it.
+        s.enqueue(A, 5.0);
+        assert_eq!(s.take(6.0, all, &mut granted), Take::TooMany);
+        assert_eq!(s.take(5.0, all, &mut granted), Take::Wait);
+    }
+
+    #[test]
+    fn waiters_are_served_in_the_order_they_queued() {
+        let mut s = sema(10.0, 0.0, &[(C, 1.0), (A, 1.0), (B, 1.0)]);
+        assert_eq!(give(&mut s, 2.0, all), vec![C, A]);
+        assert_eq!(give(&mut s, 1.0, all), vec![B]);
+        assert_eq!(s.count(), 0.0);
+    }
+
+    #[test]
+    fn a_big_request_at_the_head_holds_up_smaller_ones_behind_it() {
+        // Head-of-line blocking (§9.2): B and C could be served with 4, but A came first.
+        let mut s = sema(10.0, 0.0, &[(A, 5.0), (B, 1.0), (C, 1.0)]);
+        assert_eq!(give(&mut s, 4.0, all), vec![]);
+        assert_eq!(s.count(), 4.0, "nothing is handed out past the head");
+        // A newcomer that the count would cover queues behind them too.
+        let mut granted = Vec::new();
+        assert_eq!(s.take(1.0, all, &mut granted), Take::Wait);
+        assert_eq!(give(&mut s, 1.0, all), vec![A]);
+        assert_eq!(give(&mut s, 2.0, all), vec![B, C]);
+        assert_eq!(s.count(), 0.0);
+    }
+
+    #[test]
+    fn waiters_that_left_the_line_are_skipped_and_never_granted() {
+        // B timed out (or was removed): its place in line must not hold up C, nor take
+        // resources away from it.
+        let mut s = sema(10.0, 0.0, &[(A, 2.0), (B, 5.0), (C, 3.0)]);
+        let waiting = |t: TaskRef| t != B;
+        assert_eq!(give(&mut s, 5.0, waiting), vec![A, C]);
+        assert_eq!(s.count(), 0.0);
+        assert_eq!(s.released(waiting), Some(0.0), "nobody is left waiting");
+    }
+
+    #[test]
+    fn a_take_that_can_be_satisfied_never_waits_behind_timed_out_waiters() {
+        // Upstream bug fixed in copas-rs: holes left by timed-out waiters defeated the fast
+        // path, so take(1) with 5 available timed out.
+        let mut s = sema(10.0, 5.0, &[(A, 8.0), (B, 9.0)]);
+        let mut granted = Vec::new();
+        assert_eq!(s.take(1.0, |_| false, &mut granted), Take::Granted);
+        assert_eq!(s.count(), 4.0);
+        assert!(granted.is_empty());
+    }
+
+    #[test]
+    fn a_take_first_serves_waiters_that_fit() {
+        // The line may hold a waiter that now fits (the count was handed over after it
+        // queued): it is served before the newcomer is considered.
+        let mut s = sema(10.0, 0.0, &[(A, 3.0)]);
+        s.set_count(4.0);
+        let mut granted = Vec::new();
+        assert_eq!(s.take(1.0, all, &mut granted), Take::Granted);
+        assert_eq!(granted, vec![A]);
+        assert_eq!(s.count(), 0.0);
+    }
+
+    #[test]
+    fn give_caps_at_max_says_too_many_and_still_serves() {
+        let mut s = sema(10.0, 8.0, &[]);
+        assert!(s.give(2.0, all, &mut Vec::new()), "exactly max fits");
+        assert!(!s.give(1.0, all, &mut Vec::new()));
+        assert_eq!(s.count(), 10.0);
+        // Capped resources are still handed out, strictly in order (upstream's destroy:
+        // give(math.huge) with three waiters of 5 and max 10 releases two of them).
+        let mut s = sema(10.0, 0.0, &[(A, 5.0), (B, 5.0), (C, 5.0)]);
+        let mut granted = Vec::new();
+        assert!(!s.give(f64::INFINITY, all, &mut granted));
+        assert_eq!(granted, vec![A, B]);
+        assert_eq!(s.count(), 0.0);
+    }
+
+    #[test]
+    fn a_negative_give_takes_resources_away() {
+        let mut s = sema(10.0, 3.0, &[(A, 2.0)]);
+        // A queued while the count was handed over later; a negative give serves nobody.
+        let granted = give(&mut s, -2.0, all);
+        assert!(granted.is_empty());
+        assert_eq!(s.count(), 1.0);
+        assert!(
+            s.give(-5.0, all, &mut Vec::new()),
+            "below zero is not too many"
+        );
+        assert_eq!(s.count(), -4.0);
+    }
+
+    #[test]
+    fn giving_the_wait_releases_everyone_whose_requests_fit() {
+        // get_wait() is requested minus available; give(get_wait()) is the documented idiom.
+        let mut s = sema(10.0, 1.0, &[(A, 2.0), (B, 3.0), (C, 4.0)]);
+        let waiting = |t: TaskRef| t != C;
+        assert_eq!(s.wait(waiting), 4.0, "C left: 2 + 3 - 1");
+        assert_eq!(give(&mut s, 4.0, waiting), vec![A, B]);
+        assert_eq!(s.count(), 0.0);
+        assert_eq!(s.wait(waiting), 0.0);
+        s.set_count(6.0);
+        assert_eq!(s.wait(waiting), -6.0, "more available than requested");
+    }
+
+    #[test]
+    fn the_count_goes_back_to_lua_only_when_nobody_waits() {
+        let s = sema(10.0, 2.0, &[(A, 5.0), (B, 5.0)]);
+        assert_eq!(s.released(all), None);
+        assert_eq!(s.released(|t| t == B), None);
+        assert_eq!(s.released(|_| false), Some(2.0));
+        assert_eq!(sema(10.0, 7.0, &[]).released(all), Some(7.0));
+    }
+
+    #[test]
+    fn a_stale_semaphore_id_never_hits_a_reused_slot() {
+        let mut sems = Semaphores::default();
+        let key = sems.insert(1, 10.0, 0.0);
+        sems.get(key, 1).unwrap().enqueue(A, 1.0);
+        assert!(sems.get(key, 2).is_none());
+        assert!(
+            sems.remove(key, 2).is_empty(),
+            "a wrong generation removes nothing"
+        );
+        assert_eq!(sems.remove(key, 1), vec![A]);
+        // The slot is reused with a new generation: the old id finds nothing there.
+        let again = sems.insert(2, 5.0, 3.0);
+        assert_eq!(again, key);
+        assert!(sems.get(key, 1).is_none());
+        assert!(sems.remove(key, 1).is_empty());
+        assert_eq!(sems.get(key, 2).map(|s| s.count()), Some(3.0));
+    }
+
+    #[test]
+    fn removing_a_semaphore_returns_its_whole_line_in_order() {
+        // Including waiters that left: the caller checks which still wait ("destroyed").
+        let mut sems = Semaphores::default();
+        let key = sems.insert(4, 10.0, 0.0);
+        let s = sems.get(key, 4).unwrap();
+        s.enqueue(B, 1.0);
+        s.enqueue(A, 20.0);
+        s.enqueue(C, 1.0);
+        assert_eq!(sems.remove(key, 4), vec![B, A, C]);
+        assert!(sems.get(key, 4).is_none());
+    }
+
+    #[test]
+    #[ignore = "bug: the line tells waiters apart by TaskRef only, so a task that timed out \
+                behind a blocked head and takes again is in line twice and looks waiting in \
+                both places: it is granted twice (both requests deducted) and its old request \
+                can hold up its new one. Lua-verified: A take(5), B take(3, 0.1) times out, \
+                B take(2), give(10) leaves count 0 instead of 3 (get_wait said 10, not 7)"]
+    fn a_task_that_queues_again_is_granted_once_for_its_latest_request() {
+        // A waits for 5; B's take(3) timed out behind A (its entry stays: serve stops at A);
+        // B takes 2 and queues again. The scheduler's predicate says B waits.
+        let mut s = sema(10.0, 0.0, &[(A, 5.0), (B, 3.0), (B, 2.0)]);
+        assert_eq!(s.wait(all), 7.0, "5 for A and 2 for B are waited for");
+        assert_eq!(give(&mut s, 10.0, all), vec![A, B]);
+        assert_eq!(s.count(), 3.0);
+    }
+
+    /// xorshift64*, with the seed in each failure.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
+        }
+    }
+
+    #[test]
+    fn random_takes_gives_and_departures_keep_the_line_honest() {
+        // Invariants after every operation, whatever the sequence:
+        // - no resource is created or lost: handed out + available = start + given (after cap);
+        // - a waiter is granted at most once, only while it waits, and in queue order;
+        // - no waiting head is left that the count would cover (nobody waits needlessly);
+        // - the count never exceeds max after a give.
+        for seed in 1..=200u64 {
+            let mut rng = Rng(seed * 0x9E37_79B9_7F4A_7C15);
+            let max = (1 + rng.below(10)) as f64;
+            let mut s = sema(max, 0.0, &[]);
+            let mut left: HashSet<TaskRef> = HashSet::new();
+            let mut granted_ever: HashSet<TaskRef> = HashSet::new();
+            let mut queued: Vec<(TaskRef, f64)> = Vec::new();
+            let mut handed_out = 0.0;
+            let mut supplied = 0.0;
+            for step in 0..300 {
+                let task = (step, seed as u32);
+                let waiting = |t: TaskRef| !left.contains(&t) && !granted_ever.contains(&t);
+                let mut granted = Vec::new();
+                let before = s.count();
+                match rng.below(4) {
+                    0 => {
+                        let requested = rng.below(max as u64 + 2) as f64;
+                        match s.take(requested, waiting, &mut granted) {
+                            Take::Granted => handed_out += requested,
+                            Take::Wait => {
+                                s.enqueue(task, requested);
+                                queued.push((task, requested));
+                            }
+                            Take::TooMany => assert!(requested > max, "seed {seed}"),
+                        }
+                    }
+                    1 | 2 => {
+                        let amount = rng.below(4) as f64;
+                        s.give(amount, waiting, &mut granted);
+                        supplied += (before + amount).min(max) - before;
+                        assert!(s.count() <= max, "seed {seed}");
+                    }
+                    _ => {
+                        // Somebody in line times out; the scheduler then serves the line,
+                        // which this waiter alone may have held up.
+                        if !queued.is_empty() {
+                            let i = rng.below(queued.len() as u64) as usize;
+                            left.insert(queued[i].0);
+                            let waiting =
+                                |t: TaskRef| !left.contains(&t) && !granted_ever.contains(&t);
+                            s.serve(waiting, &mut granted);
+                        }
+                    }
+                }
+                let mut order = Vec::new();
+                for t in &granted {
+                    assert!(!left.contains(t), "seed {seed}: granted after leaving");
+                    assert!(granted_ever.insert(*t), "seed {seed}: granted twice");
+                    let (i, &(_, requested)) =
+                        queued.iter().enumerate().find(|(_, q)| q.0 == *t).unwrap();
+                    order.push(i);
+                    handed_out += requested;
+                }
+                assert!(order.windows(2).all(|w| w[0] < w[1]), "seed {seed}: order");
+                assert_eq!(handed_out + s.count(), supplied, "seed {seed}: accounting");
+                let waiting = |t: TaskRef| !left.contains(&t) && !granted_ever.contains(&t);
+                if let Some(&(_, requested)) = queued.iter().find(|q| waiting(q.0)) {
+                    assert!(requested > s.count(), "seed {seed}: a head that fits waits");
+                }
+            }
+        }
+    }
+}

@@ -215,3 +215,186 @@ impl Sockets {
         };
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: TaskRef = (1, 0);
+    const B: TaskRef = (2, 0);
+    const C: TaskRef = (3, 7);
+    const READ: bool = false;
+    const WRITE: bool = true;
+
+    #[test]
+    fn waiters_come_back_in_the_order_they_started_waiting_per_direction() {
+        let mut s = Sockets::default();
+        s.add_waiter(5, READ, B);
+        s.add_waiter(5, WRITE, C);
+        s.add_waiter(5, READ, A);
+        assert_eq!(s.take_waiters(5, READ), vec![B, A]);
+        assert_eq!(s.take_waiters(5, READ), vec![], "taken once");
+        assert_eq!(s.take_waiters(5, WRITE), vec![C]);
+        assert_eq!(
+            s.take_waiters(6, WRITE),
+            vec![],
+            "another descriptor has none"
+        );
+    }
+
+    #[test]
+    fn removing_a_waiter_leaves_the_others_and_the_other_direction() {
+        let mut s = Sockets::default();
+        for task in [A, B, A] {
+            s.add_waiter(3, READ, task);
+        }
+        s.add_waiter(3, WRITE, A);
+        s.remove_waiter(3, READ, A);
+        assert_eq!(s.take_waiters(3, READ), vec![B]);
+        assert_eq!(s.take_waiters(3, WRITE), vec![A]);
+        // The same slot with another generation is another task.
+        s.add_waiter(3, READ, (1, 1));
+        s.remove_waiter(3, READ, A);
+        assert_eq!(s.take_waiters(3, READ), vec![(1, 1)]);
+    }
+
+    #[test]
+    fn give_back_keeps_the_allocation_unless_new_waiters_arrived() {
+        let mut s = Sockets::default();
+        for task in 0..64 {
+            s.add_waiter(4, READ, (task, 0));
+        }
+        let mut list = s.take_waiters(4, READ);
+        let capacity = list.capacity();
+        list.clear();
+        s.give_back(4, READ, list);
+        s.add_waiter(4, READ, A);
+        let list = s.take_waiters(4, READ);
+        assert_eq!(list, vec![A]);
+        assert_eq!(list.capacity(), capacity, "the allocation was reused");
+        // A waiter that arrived while the list was out must not be overwritten.
+        s.add_waiter(4, READ, B);
+        s.give_back(4, READ, Vec::with_capacity(128));
+        assert_eq!(s.take_waiters(4, READ), vec![B]);
+    }
+
+    #[test]
+    fn each_server_counts_once_whatever_it_becomes() {
+        let mut s = Sockets::default();
+        s.set_server(7, Server::Tcp);
+        s.set_server(7, Server::Tcp);
+        s.set_server(9, Server::Udp);
+        assert_eq!(s.servers(), 2);
+        s.set_server(7, Server::Udp);
+        assert_eq!((s.servers(), s.server(7)), (2, Server::Udp));
+        s.set_server(7, Server::None);
+        s.set_server(7, Server::None);
+        assert_eq!((s.servers(), s.server(7)), (1, Server::None));
+        // Undoing a descriptor never seen changes nothing (and must not underflow).
+        s.set_server(100, Server::None);
+        assert_eq!(s.servers(), 1);
+        assert_eq!(s.server(100), Server::None);
+        assert_eq!(s.server(-1), Server::None);
+    }
+
+    #[test]
+    fn a_server_that_stops_being_tcp_is_no_longer_retried() {
+        let mut s = Sockets::default();
+        s.set_server(3, Server::Tcp);
+        s.set_server(4, Server::Tcp);
+        s.accept_again = vec![3, 4];
+        s.backoff = vec![(3, 10), (4, 20)];
+        s.set_server(3, Server::Tcp); // still a TCP server: keeps its retries
+        assert_eq!(s.accept_again, vec![3, 4]);
+        s.set_server(3, Server::Udp);
+        assert_eq!(s.accept_again, vec![4]);
+        assert_eq!(s.backoff, vec![(4, 20)]);
+        s.set_server(4, Server::None);
+        assert!(s.accept_again.is_empty() && s.backoff.is_empty());
+    }
+
+    #[test]
+    fn forget_returns_both_directions_waiters_and_unregisters_the_server() {
+        let mut s = Sockets::default();
+        s.set_server(6, Server::Tcp);
+        s.accept_again.push(6);
+        s.add_waiter(6, READ, A);
+        s.add_waiter(6, WRITE, B);
+        s.add_waiter(6, READ, C);
+        assert!(s.set_write_interest(6, true));
+        let mut woken = s.forget(6);
+        woken.sort();
+        assert_eq!(woken, vec![A, B, C]);
+        assert_eq!(s.servers(), 0);
+        assert_eq!(s.server(6), Server::None);
+        assert!(s.accept_again.is_empty());
+        assert!(
+            !s.wants_write(6),
+            "a reused descriptor starts without write interest"
+        );
+        assert_eq!(s.forget(6), vec![], "nothing is left to wake");
+    }
+
+    #[test]
+    fn forgetting_an_unknown_or_negative_descriptor_is_harmless() {
+        let mut s = Sockets::default();
+        assert_eq!(s.forget(-1), vec![]);
+        assert_eq!(s.forget(1_000_000), vec![]);
+        assert_eq!(s.waited_on_and_servers(), (vec![], vec![]));
+    }
+
+    #[test]
+    fn write_interest_reports_only_changes() {
+        let mut s = Sockets::default();
+        assert!(!s.wants_write(8));
+        assert!(!s.set_write_interest(8, false), "off was already off");
+        assert!(s.set_write_interest(8, true));
+        assert!(!s.set_write_interest(8, true));
+        assert!(s.wants_write(8));
+        assert!(s.set_write_interest(8, false));
+        assert!(!s.wants_write(8));
+    }
+
+    #[test]
+    fn counts_see_descriptors_with_a_live_waiter_and_servers_as_read() {
+        let mut s = Sockets::default();
+        s.add_waiter(1, READ, A); // live
+        s.add_waiter(1, READ, B); // same descriptor: counted once
+        s.add_waiter(2, READ, C); // stale only
+        s.add_waiter(2, WRITE, A); // live
+        s.add_waiter(3, WRITE, C); // stale only
+        s.set_server(4, Server::Udp); // no waiter, still a reader
+        let live = |t: &TaskRef| *t != C;
+        assert_eq!(s.counts(live), (2, 1));
+        assert_eq!(s.counts(|_| false), (1, 0));
+        assert_eq!(s.counts(|_| true), (3, 2));
+    }
+
+    #[test]
+    fn waited_on_descriptors_and_servers_are_listed_apart() {
+        let mut s = Sockets::default();
+        s.add_waiter(2, WRITE, A);
+        s.add_waiter(5, READ, B);
+        s.set_server(5, Server::Tcp); // a server with a waiter is listed as a server only
+        s.set_server(9, Server::Udp);
+        s.add_waiter(11, READ, C);
+        let _ = s.take_waiters(11, READ); // nobody waits there any more
+        assert_eq!(s.waited_on_and_servers(), (vec![2], vec![5, 9]));
+    }
+
+    #[test]
+    fn clear_forgets_waiters_servers_and_retries() {
+        let mut s = Sockets::default();
+        s.add_waiter(2, READ, A);
+        s.set_server(3, Server::Tcp);
+        s.accept_again.push(3);
+        s.backoff.push((3, 1));
+        s.set_write_interest(2, true);
+        s.clear();
+        assert_eq!(s.servers(), 0);
+        assert_eq!(s.counts(|_| true), (0, 0));
+        assert!(s.accept_again.is_empty() && s.backoff.is_empty());
+        assert!(!s.wants_write(2));
+        assert_eq!(s.take_waiters(2, READ), vec![]);
+    }
+}
