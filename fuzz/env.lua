@@ -18,8 +18,13 @@ local pcall = pcall
 if _VERSION == "Lua 5.1" and not jit then
   local ok, coxpcall = pcall(require, "coxpcall")
   if ok then
+    -- Debian's coxpcall returns { pcall, xpcall, running } (and sets the global coxpcall).
+    local xpcall_yieldable = coxpcall.xpcall or coxpcall.coxpcall or _G.coxpcall
     local function raw(_, err) return err end
-    pcall = function(f) return coxpcall.coxpcall(f, raw) end
+    pcall = function(f, ...)
+      local args = { n = select("#", ...), ... }
+      return xpcall_yieldable(function() return f(unpack(args, 1, args.n)) end, raw)
+    end
   end
 end
 
@@ -281,8 +286,16 @@ function F.call(k, ctx, target, f, slot)
   contexts[ctx](k, target, f)
 end
 
+-- Every call ran. The finalizers left for the collector run now, not while the interpreter
+-- closes: there they would meet C modules already unloaded (LuaSocket's, on 5.2 and LuaJIT),
+-- whatever copas does. os.exit then leaves without closing the state.
 function F.done()
+  for _ = 1, 4 do collectgarbage() end
   emit("D")
+  if out ~= io.stderr then out:close() end
+  io.stdout:flush()
+  io.stderr:flush()
+  os.exit(0)
 end
 
 return F

@@ -241,6 +241,48 @@ describe("semaphore:take()", function()
     end)
   end)
 
+  -- Fails before the fix: the removed head stayed in line until the next give, so the waiter
+  -- behind it timed out although enough was available.
+  it("serves the line at once when the waiter blocking it is removed (bug fix)", function()
+    local sema = copas.semaphore.new(10, 0, 1)
+    local results = {}
+    run(copas, function()
+      local head = taker(copas, results, "head", sema, 5)
+      copas.pause(0)
+      taker(copas, results, "next", sema, 2)
+      copas.pause(0.05)
+      sema:give(3)
+      copas.removethread(head)
+      copas.pause(0.05)
+      assert.same({ true }, results.next)
+      assert.equal(1, sema:get_count())
+    end)
+  end)
+
+  -- Fails before the fix: the waiter's timed-out entry stayed in line, so taking again put it
+  -- in line twice, and one give granted it twice (the count ended at 0 instead of 3).
+  it("grants a thread that timed out and takes again once, for its latest request (bug fix)", function()
+    local sema = copas.semaphore.new(10, 0, 5)
+    local results, wait_before_give = {}, nil
+    run(copas, function()
+      taker(copas, results, "head", sema, 5)
+      copas.pause(0)
+      copas.addthread(function()
+        results.first = { sema:take(3, 0.1) }
+        results.second = { sema:take(2) }
+      end)
+      copas.pause(0.3)
+      wait_before_give = sema:get_wait()
+      sema:give(10)
+      copas.pause(0.05)
+    end)
+    assert.same({ nil, "timeout" }, results.first)
+    assert.equal(7, wait_before_give)
+    assert.same({ true }, results.head)
+    assert.same({ true }, results.second)
+    assert.equal(3, sema:get_count())
+  end)
+
   it("raises on bad arguments", function()
     local sema = copas.semaphore.new(10, 5)
     assert.has_error(function() sema:take("two") end,

@@ -118,6 +118,20 @@ describe("copas.pause", function()
     assert.is_true(elapsed >= 0.2 - EPS and elapsed < 1, "elapsed " .. tostring(elapsed))
   end)
 
+  -- Fails before the fix: the delay in nanoseconds was cut to 64 bits, so 2^64 ns (about 585
+  -- years) and more wrapped round to a deadline a moment away.
+  it("with a finite delay of centuries does not wake early", function()
+    local woke = false
+    copas.addthread(function()
+      copas.pause(18446744074)  -- 2^64 ns and a bit
+      woke = true
+    end)
+    local deadline = require("system").gettime() + 0.5
+    while require("system").gettime() < deadline do copas.step(0.05) end
+    assert.is_false(woke)
+    assert.is_false(copas.finished())
+  end)
+
   it("raises when called outside a copas thread", function()
     assert.has_error(function() copas.pause(0.01) end)
   end)

@@ -11,11 +11,12 @@
 //! which holds the mlua closures that own the `Core` (an `Rc`), so the core lives as long as
 //! the function does.
 
+use std::cell::Cell;
 use std::os::raw::{c_int, c_void};
 use std::ptr;
 use std::rc::Rc;
 
-use mlua::{ffi, AnyUserData, Function, Lua, MultiValue, Table, Thread, Value};
+use mlua::{ffi, AnyUserData, Function, Lua, MultiValue, Table, Thread, Value, WeakLua};
 
 use crate::core::Core;
 use crate::errors;
@@ -28,6 +29,8 @@ struct Instance<'a> {
     lua: &'a Lua,
     table: Table,
     core: Rc<Core>,
+    /// The mlua state, for the wrappers to see that it is gone (leaked: a pointer's worth).
+    open: &'static WeakLua,
 }
 
 impl Instance<'_> {
@@ -40,13 +43,14 @@ impl Instance<'_> {
         F: Fn(&Lua, &Core, A) -> mlua::Result<R> + 'static,
     {
         let core = Rc::clone(&self.core);
-        let in_lua_words = move |e: mlua::Error| mlua::Error::runtime(errors::lua_style(name, &e));
         let function = self.lua.create_function(move |lua, args: MultiValue| {
-            let args = A::from_lua_multi(args, lua).map_err(in_lua_words)?;
-            f(lua, &core, args).map_err(in_lua_words)
+            let results = A::from_lua_multi(args, lua)
+                .and_then(|args| f(lua, &core, args))
+                .and_then(|r| r.into_lua_multi(lua));
+            errors::as_results(lua, name, results)
         })?;
         self.table
-            .raw_set(name, errors::plain_errors(self.lua, function)?)
+            .raw_set(name, errors::plain_errors(self.lua, function, self.open)?)
     }
 }
 
@@ -56,7 +60,9 @@ pub fn new_instance(lua: &Lua) -> mlua::Result<Table> {
         lua,
         table: lua.create_table()?,
         core: Rc::new(Core::new(lua, protocol::token())?),
+        open: Box::leak(Box::new(lua.weak())),
     };
+    instance.core.handle.set(Rc::as_ptr(&instance.core));
     add_task_functions(&instance)?;
     add_loop_functions(&instance)?;
     add_timeout_functions(&instance)?;
@@ -219,7 +225,7 @@ fn add_c_functions(lua: &Lua, t: &Table, core: &Rc<Core>) -> mlua::Result<()> {
         ("semaphore_counts", semaphore_counts),
     ];
     for (name, f) in fns {
-        let core_ptr = Rc::as_ptr(core) as *mut c_void;
+        let core_ptr = core.handle as *const Cell<*const Core> as *mut c_void;
         // SAFETY: the closure only pushes values onto the stack mlua prepared (with room for
         // three), where the instance table is the one argument.
         let func: Function = unsafe {
@@ -235,9 +241,14 @@ fn add_c_functions(lua: &Lua, t: &Table, core: &Rc<Core>) -> mlua::Result<()> {
     Ok(())
 }
 
-/// SAFETY (caller): `l` is running a closure made by `register`.
-unsafe fn core_of<'a>(l: *mut ffi::lua_State) -> &'a Core {
-    &*(ffi::lua_touserdata(l, ffi::lua_upvalueindex(1)) as *const Core)
+/// The core of the running C function; None once it was dropped (while the interpreter
+/// closes, its finalizers may still call these functions).
+///
+/// SAFETY (caller): `l` is running a closure made by `add_c_functions`, whose first upvalue is
+/// the core's `handle` (leaked, so always valid).
+unsafe fn core_of<'a>(l: *mut ffi::lua_State) -> Option<&'a Core> {
+    let handle = &*(ffi::lua_touserdata(l, ffi::lua_upvalueindex(1)) as *const Cell<*const Core>);
+    handle.get().as_ref()
 }
 
 /// SAFETY (caller): `l` is a valid state with room for one more value.
@@ -289,11 +300,10 @@ unsafe extern "C-unwind" fn recv(l: *mut ffi::lua_State) -> c_int {
         }
         let partial = ffi::lua_toboolean(l, 5) != 0;
         ffi::lua_checkstack(l, 4);
-        let received = if skt.is_null() {
-            Received::Failed("closed", Vec::new())
-        } else {
-            caught(|| core.recv(skt, pattern, have, partial))
-                .unwrap_or(Received::Failed("internal error", Vec::new()))
+        let received = match core {
+            Some(core) if !skt.is_null() => caught(|| core.recv(skt, pattern, have, partial))
+                .unwrap_or(Received::Failed("internal error", Vec::new())),
+            _ => Received::Failed("closed", Vec::new()),
         };
         // Pushing can raise (out of memory) and unwind past this frame; nothing below owns
         // memory but `received`, which then leaks instead of being freed twice.
@@ -334,12 +344,12 @@ unsafe extern "C-unwind" fn send(l: *mut ffi::lua_State) -> c_int {
         let mut len = 0usize;
         let p = ffi::lua_tolstring(l, 2, &mut len);
         ffi::lua_checkstack(l, 3);
-        if skt.is_null() || p.is_null() {
+        let Some(core) = core.filter(|_| !skt.is_null() && !p.is_null()) else {
             ffi::lua_pushnil(l);
             push_bytes(l, b"closed");
             ffi::lua_pushnumber(l, 0.0);
             return 3;
-        }
+        };
         let bytes = std::slice::from_raw_parts(p as *const u8, len);
         let (i, j) = (optional_number(l, 3), optional_number(l, 4));
         let (last, err) =
@@ -369,7 +379,8 @@ unsafe extern "C-unwind" fn semaphore_take(l: *mut ffi::lua_State) -> c_int {
         let id = ffi::lua_tointegerx(l, 1, ptr::null_mut());
         let requested = ffi::lua_tonumberx(l, 2, ptr::null_mut());
         let outcome = caught(|| {
-            core.semaphore_take(id as i64, requested)
+            core?
+                .semaphore_take(id as i64, requested)
                 .map(|(take, released)| {
                     let first = match take {
                         Take::Granted => Ok(true),
@@ -392,7 +403,8 @@ unsafe extern "C-unwind" fn semaphore_give(l: *mut ffi::lua_State) -> c_int {
         let id = ffi::lua_tointegerx(l, 1, ptr::null_mut());
         let amount = ffi::lua_tonumberx(l, 2, ptr::null_mut());
         let outcome = caught(|| {
-            core.semaphore_give(id as i64, amount)
+            core?
+                .semaphore_give(id as i64, amount)
                 .map(|(fits, released)| (if fits { Ok(true) } else { Err("too many") }, released))
         });
         push_semaphore_outcome(l, outcome)
@@ -433,7 +445,7 @@ unsafe extern "C-unwind" fn semaphore_counts(l: *mut ffi::lua_State) -> c_int {
     unsafe {
         let core = core_of(l);
         let id = ffi::lua_tointegerx(l, 1, ptr::null_mut());
-        match caught(|| core.semaphore_counts(id as i64)).flatten() {
+        match caught(|| core?.semaphore_counts(id as i64)).flatten() {
             Some((count, wait, released)) => {
                 ffi::lua_pushnumber(l, count);
                 ffi::lua_pushnumber(l, wait);

@@ -21,7 +21,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::os::raw::c_void;
 
-use mlua::{Lua, Table};
+use mlua::{Lua, Table, WeakLua};
 use slab::Slab;
 
 use crate::dns::Resolver;
@@ -50,6 +50,18 @@ pub struct Core {
     pub(crate) hooks: RefCell<Hooks>,
     pub(crate) values: ValueBox,
     pub(crate) token: *mut c_void,
+    /// The mlua state; gone while the interpreter closes (see `lua_is_open`).
+    lua: WeakLua,
+    /// Where the plain C functions of `binding.rs` find this core: set once it is in its `Rc`,
+    /// cleared when it is dropped. Leaked (a pointer a core), so those functions can always
+    /// read it, also after the core is gone.
+    pub(crate) handle: &'static Cell<*const Core>,
+}
+
+impl Drop for Core {
+    fn drop(&mut self) {
+        self.handle.set(std::ptr::null());
+    }
 }
 
 pub(crate) struct Sched {
@@ -79,7 +91,7 @@ pub(crate) struct Sched {
     pub(crate) lookup_waiters: HashMap<u64, TaskRef>,
     /// Weak tasks made ready: `Core::revive_woken` moves their coroutine back before anything
     /// else can happen (a collection could take it).
-    pub(crate) revive: Vec<usize>,
+    pub(crate) revive: Vec<TaskRef>,
     pub(crate) semaphores: Semaphores,
     /// Semaphore waits with a timeout: they count as `copas.timeout` timers, as upstream's are.
     pub(crate) timed_waits: usize,
@@ -93,6 +105,13 @@ impl Core {
     /// spans a resume, a Lua call or an allocation in Lua.
     pub(crate) fn with_sched<R>(&self, f: impl FnOnce(&mut Sched) -> R) -> R {
         f(&mut self.sched.borrow_mut())
+    }
+
+    /// False once the mlua state is gone: while the interpreter closes, the finalizers of its
+    /// objects run in an order of their own, and one may call copas after mlua's own state
+    /// was finalized. Nothing of the core may touch Lua then.
+    pub(crate) fn lua_is_open(&self) -> bool {
+        self.lua.try_upgrade().is_some()
     }
 
     pub fn new(lua: &Lua, token: *mut c_void) -> mlua::Result<Core> {
@@ -133,6 +152,8 @@ impl Core {
             hooks: RefCell::new(Hooks::default()),
             values: ValueBox::new(lua)?,
             token,
+            lua: lua.weak(),
+            handle: Box::leak(Box::new(Cell::new(std::ptr::null()))),
         })
     }
 }

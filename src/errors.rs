@@ -2,14 +2,38 @@
 //!
 //! An error returned by an mlua callback reaches Lua as a userdata whose text is mlua's
 //! (`error converting Lua nil to i64`, `runtime error: ...`, an OS error's `(os error 9)`)
-//! followed by a stack traceback. Programs match error strings, so every core function is
-//! wrapped twice: `lua_style` turns the mlua error into the message a Lua function would give
-//! (`bad argument #1 to 'remove' (number expected, got nil)`), and `plain_errors` (a C
-//! function around the mlua one) re-raises it as a plain string, without the traceback.
+//! followed by a stack traceback. Programs match error strings, so a core function never
+//! returns an error to mlua: `as_results` turns it into the results `false, message`, with the
+//! message a Lua function would give (`lua_style`: `bad argument #1 to 'remove' (number
+//! expected, got nil)`), and `true, ...` otherwise; `plain_errors`, a C function around the
+//! mlua one, raises the message as a plain string. (mlua's own error path also fails while
+//! the interpreter closes, when finalizers may still call copas.)
 
-use std::os::raw::c_int;
+use std::os::raw::{c_int, c_void};
 
-use mlua::{ffi, Error, Function, Lua};
+use mlua::{ffi, Error, Function, Lua, MultiValue, Value, WeakLua};
+
+/// The results of a core function for `plain_errors`: `true` and its results, or `false` and
+/// the message of its error.
+pub fn as_results(
+    lua: &Lua,
+    name: &str,
+    results: mlua::Result<MultiValue>,
+) -> mlua::Result<MultiValue> {
+    match results {
+        Ok(mut values) => {
+            values.push_front(Value::Boolean(true));
+            Ok(values)
+        }
+        Err(e) => {
+            let message = lua.create_string(lua_style(name, &e))?;
+            Ok(MultiValue::from_iter([
+                Value::Boolean(false),
+                Value::String(message),
+            ]))
+        }
+    }
+}
 
 /// The message a Lua function named `name` would raise for `err`.
 pub fn lua_style(name: &str, err: &Error) -> String {
@@ -71,30 +95,49 @@ fn without_os_error_code(text: &str) -> String {
 
 /// Wraps the mlua function `f` in a C function that calls it and re-raises its errors as plain
 /// strings, cut before mlua's traceback. Error values that are not mlua's (a table raised by a
-/// hook) pass unchanged.
-pub fn plain_errors(lua: &Lua, f: Function) -> mlua::Result<Function> {
-    // SAFETY: the closure pushes one C closure over the one argument, `f`, on the stack mlua
-    // prepared for it.
+/// hook) pass unchanged. Once the mlua state `open` refers to is gone (finalizers that run
+/// while the interpreter closes may still call copas), `f` is not called at all: mlua's
+/// callback machinery is gone with it, so the wrapper raises `CLOSING` itself.
+pub fn plain_errors(lua: &Lua, f: Function, open: &'static WeakLua) -> mlua::Result<Function> {
+    let open = open as *const WeakLua as *mut c_void;
+    // SAFETY: the closure pushes one C closure over the argument `f`, on the stack mlua
+    // prepared for it, and a light userdata (room for three values is checked by mlua).
     unsafe {
         lua.exec_raw(f, |l| {
-            ffi::lua_pushcclosure(l, call_with_plain_errors, 1);
+            ffi::lua_pushlightuserdata(l, open);
+            ffi::lua_pushcclosure(l, call_with_plain_errors, 2);
         })
     }
 }
 
+/// What copas functions raise once the interpreter's mlua state is gone.
+const CLOSING: &[u8] = b"copas: the Lua state is closing";
+
 const TRACEBACK: &[u8] = b"\nstack traceback:";
 
 unsafe extern "C-unwind" fn call_with_plain_errors(l: *mut ffi::lua_State) -> c_int {
-    // SAFETY: made by `plain_errors`, so upvalue 1 is the wrapped function. Nothing on this
-    // frame owns memory, so the `lua_error` jump past it frees nothing twice and leaks nothing.
+    // SAFETY: made by `plain_errors`, so upvalue 1 is the wrapped function and upvalue 2 a
+    // leaked `WeakLua`. Nothing on this frame owns memory, so the `lua_error` jump past it
+    // frees nothing twice and leaks nothing.
     unsafe {
+        let open = &*(ffi::lua_touserdata(l, ffi::lua_upvalueindex(2)) as *const WeakLua);
+        if open.try_upgrade().is_none() {
+            ffi::lua_pushlstring(l, CLOSING.as_ptr() as *const _, CLOSING.len());
+            ffi::lua_error(l);
+        }
         let n = ffi::lua_gettop(l);
         ffi::lua_checkstack(l, 2);
         ffi::lua_pushvalue(l, ffi::lua_upvalueindex(1));
         ffi::lua_insert(l, 1);
         if ffi::lua_pcall(l, n, ffi::LUA_MULTRET, 0) == ffi::LUA_OK {
-            return ffi::lua_gettop(l);
+            if ffi::lua_toboolean(l, 1) != 0 {
+                ffi::lua_remove(l, 1);
+                return ffi::lua_gettop(l);
+            }
+            ffi::lua_settop(l, 2); // the message, from `as_results`
+            ffi::lua_error(l);
         }
+        // An error of mlua itself (a panic of the core, a failed allocation).
         if matches!(ffi::lua_type(l, -1), ffi::LUA_TSTRING | ffi::LUA_TUSERDATA) {
             let mut len = 0usize;
             let text = ffi::luaL_tolstring(l, -1, &mut len) as *const u8;

@@ -106,6 +106,11 @@ impl Semaphore {
         self.line.push_back(Waiter { task, requested });
     }
 
+    /// Takes `task`'s entry out of the line (it stopped waiting without a grant).
+    pub fn leave(&mut self, task: TaskRef) {
+        self.line.retain(|w| w.task != task);
+    }
+
     /// `give(amount)`: adds resources, capped at `max` (then false: "too many"), and grants to
     /// the line (`granted`).
     pub fn give(
@@ -350,18 +355,23 @@ mod tests {
     }
 
     #[test]
-    #[ignore = "bug: the line tells waiters apart by TaskRef only, so a task that timed out \
-                behind a blocked head and takes again is in line twice and looks waiting in \
-                both places: it is granted twice (both requests deducted) and its old request \
-                can hold up its new one. Lua-verified: A take(5), B take(3, 0.1) times out, \
-                B take(2), give(10) leaves count 0 instead of 3 (get_wait said 10, not 7)"]
-    fn a_task_that_queues_again_is_granted_once_for_its_latest_request() {
-        // A waits for 5; B's take(3) timed out behind A (its entry stays: serve stops at A);
-        // B takes 2 and queues again. The scheduler's predicate says B waits.
-        let mut s = sema(10.0, 0.0, &[(A, 5.0), (B, 3.0), (B, 2.0)]);
+    fn a_task_that_left_and_queues_again_is_granted_once_for_its_latest_request() {
+        // A waits for 5; B's take(3) timed out behind A, and the scheduler took its entry out
+        // (`leave`); B takes 2 and queues again. Once in line, B must be granted once, for 2.
+        let mut s = sema(10.0, 0.0, &[(A, 5.0), (B, 3.0)]);
+        s.leave(B);
+        s.enqueue(B, 2.0);
         assert_eq!(s.wait(all), 7.0, "5 for A and 2 for B are waited for");
         assert_eq!(give(&mut s, 10.0, all), vec![A, B]);
         assert_eq!(s.count(), 3.0);
+    }
+
+    #[test]
+    fn leaving_the_line_keeps_the_others_in_order() {
+        let mut s = sema(10.0, 0.0, &[(A, 1.0), (B, 1.0), (C, 1.0)]);
+        s.leave(B);
+        s.leave(B); // a second time: nothing left to take out
+        assert_eq!(give(&mut s, 2.0, all), vec![A, C]);
     }
 
     /// xorshift64*, with the seed in each failure.

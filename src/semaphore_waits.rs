@@ -43,6 +43,16 @@ impl Sched {
         Some(r)
     }
 
+    /// A waiter left the line of semaphore `id` without a grant (timed out, removed): its
+    /// entry goes (a task that queues again must not stand in line twice), and the line is
+    /// served, since this waiter may have held up those behind it.
+    pub(crate) fn left_line(&mut self, id: i64, task: TaskRef) {
+        self.on_semaphore(id, |sema, waiting, granted| {
+            sema.leave(task);
+            sema.serve(waiting, granted);
+        });
+    }
+
     /// OP_SEMAPHORE: the task waits in the line of semaphore `id` for `requested` resources, at
     /// most `timeout` seconds; `count` is what the Lua side kept while nobody waited. A gone
     /// semaphore ends the wait at once with DESTROYED.

@@ -303,14 +303,17 @@ mod tests {
         s.set_server(3, Server::Tcp);
         s.set_server(4, Server::Tcp);
         s.accept_again = vec![3, 4];
-        s.backoff = vec![(3, 10), (4, 20)];
+        s.start_backoff(3, 10);
+        s.start_backoff(4, 20);
         s.set_server(3, Server::Tcp); // still a TCP server: keeps its retries
         assert_eq!(s.accept_again, vec![3, 4]);
+        assert_eq!(s.backoff_until(3), Some(10));
         s.set_server(3, Server::Udp);
         assert_eq!(s.accept_again, vec![4]);
-        assert_eq!(s.backoff, vec![(4, 20)]);
+        assert_eq!(s.backoff_until(3), None);
+        assert_eq!(s.backoff_until(4), Some(20));
         s.set_server(4, Server::None);
-        assert!(s.accept_again.is_empty() && s.backoff.is_empty());
+        assert!(s.accept_again.is_empty() && s.backoff_until(4).is_none());
     }
 
     #[test]
@@ -321,16 +324,17 @@ mod tests {
         s.add_waiter(6, READ, A);
         s.add_waiter(6, WRITE, B);
         s.add_waiter(6, READ, C);
-        assert!(s.set_write_interest(6, true));
+        s.start_backoff(6, 5);
         let mut woken = s.forget(6);
         woken.sort();
         assert_eq!(woken, vec![A, B, C]);
         assert_eq!(s.servers(), 0);
         assert_eq!(s.server(6), Server::None);
         assert!(s.accept_again.is_empty());
-        assert!(
-            !s.wants_write(6),
-            "a reused descriptor starts without write interest"
+        assert_eq!(
+            s.backoff_until(6),
+            None,
+            "a reused descriptor starts without a back-off"
         );
         assert_eq!(s.forget(6), vec![], "nothing is left to wake");
     }
@@ -344,15 +348,14 @@ mod tests {
     }
 
     #[test]
-    fn write_interest_reports_only_changes() {
+    fn a_backoff_ends_with_the_server_due_for_an_accept() {
         let mut s = Sockets::default();
-        assert!(!s.wants_write(8));
-        assert!(!s.set_write_interest(8, false), "off was already off");
-        assert!(s.set_write_interest(8, true));
-        assert!(!s.set_write_interest(8, true));
-        assert!(s.wants_write(8));
-        assert!(s.set_write_interest(8, false));
-        assert!(!s.wants_write(8));
+        s.set_server(7, Server::Tcp);
+        s.start_backoff(7, 42);
+        assert_eq!(s.backoff_until(7), Some(42));
+        s.end_backoff(7);
+        assert_eq!(s.backoff_until(7), None);
+        assert_eq!(s.accept_again, vec![7]);
     }
 
     #[test]
@@ -388,13 +391,11 @@ mod tests {
         s.add_waiter(2, READ, A);
         s.set_server(3, Server::Tcp);
         s.accept_again.push(3);
-        s.backoff.push((3, 1));
-        s.set_write_interest(2, true);
+        s.start_backoff(3, 1);
         s.clear();
         assert_eq!(s.servers(), 0);
         assert_eq!(s.counts(|_| true), (0, 0));
-        assert!(s.accept_again.is_empty() && s.backoff.is_empty());
-        assert!(!s.wants_write(2));
+        assert!(s.accept_again.is_empty() && s.backoff_until(3).is_none());
         assert_eq!(s.take_waiters(2, READ), vec![]);
     }
 }

@@ -171,17 +171,28 @@ impl Sched {
         }
     }
 
-    /// Drops a task's record (its coroutine is the caller's business).
+    /// Drops a task's record (its coroutine is the caller's business). A task waiting in a
+    /// semaphore's line leaves it.
     pub(crate) fn remove_task(&mut self, key: usize) {
+        let line = match self.tasks.get(key) {
+            Some(t) => match t.wait {
+                Wait::Semaphore { id, .. } => Some((id, (key, t.gen))),
+                _ => None,
+            },
+            None => return,
+        };
         self.leave_wait(key);
         self.tasks.remove(key);
+        if let Some((id, task)) = line {
+            self.left_line(id, task);
+        }
     }
 
     /// Queues a task. A weak one (only a wake-up, a grant or an expiry ends its wait, and each
     /// is followed by `Core::revive_woken`) gets its coroutine back in `Store::threads` first.
     pub(crate) fn make_ready(&mut self, key: usize) {
         if self.tasks[key].weak {
-            self.revive.push(key);
+            self.revive.push((key, self.tasks[key].gen));
         }
         self.leave_wait(key);
         let t = &mut self.tasks[key];
@@ -268,17 +279,20 @@ impl Core {
     /// Moves the coroutines of weak tasks just made ready back from `Store::forever` to
     /// `Store::threads`; a task whose coroutine was collected meanwhile is dropped.
     pub(crate) fn revive_woken(&self) {
-        let keys = std::mem::take(&mut self.sched.borrow_mut().revive);
-        for key in keys {
-            let revived = self.slots.revive(key);
-            let mut s = self.sched.borrow_mut();
-            if revived {
-                if let Some(t) = s.tasks.get_mut(key) {
-                    t.weak = false;
-                }
-            } else {
-                s.remove_task(key);
+        let tasks = self.with_sched(|s| std::mem::take(&mut s.revive));
+        for (key, gen) in tasks {
+            // Gone or replaced since it was queued for revival (removed, cancelled): nothing to do.
+            if !self.with_sched(|s| matches!(s.tasks.get(key), Some(t) if t.gen == gen && t.weak)) {
+                continue;
             }
+            let revived = self.slots.revive(key);
+            self.with_sched(|s| {
+                if revived {
+                    s.tasks[key].weak = false;
+                } else {
+                    s.remove_task(key);
+                }
+            });
         }
     }
 
@@ -365,6 +379,9 @@ impl Core {
     }
 
     pub(crate) fn run_task(&self, lua: &Lua, key: usize, gen: u32) {
+        if !self.lua_is_open() {
+            return; // the interpreter is closing: nothing runs any more
+        }
         let (state, arg) = {
             let mut s = self.sched.borrow_mut();
             let now = s.step_now;

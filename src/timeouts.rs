@@ -16,7 +16,7 @@ use crate::core::{Core, Sched};
 use crate::protocol::{OP_TIMER_DONE, TIMED_OUT};
 use crate::resume::{resume, Arg, Outcome};
 use crate::tasks::{pack, unpack, Wait};
-use crate::timers::{Deadlines, Entry, Target};
+use crate::timers::{nanos, Deadlines, Entry, Target};
 
 /// A pending `copas.timeout` timer; its callback is kept by the shim, under the timer's id.
 pub(crate) struct TimerRec {
@@ -27,7 +27,7 @@ impl Sched {
     /// A deadline in seconds of `Core::now` as heap time.
     pub(crate) fn deadline_at(&self, seconds: Option<f64>) -> Option<u64> {
         let s = seconds.filter(|s| s.is_finite())?;
-        Some(Duration::try_from_secs_f64(s.max(0.0)).ok()?.as_nanos() as u64)
+        Some(nanos(Duration::try_from_secs_f64(s.max(0.0)).ok()?))
     }
 
     pub(crate) fn push_deadline(&mut self, key: usize, at: Option<u64>) {
@@ -101,9 +101,9 @@ impl Sched {
             }
             Wait::Lookup { .. } => self.end_io_wait(key, false, true),
             Wait::Semaphore { id, .. } => {
+                let gen = self.tasks[key].gen;
                 self.end_wait(key, TIMED_OUT);
-                // The line may have been held up by this waiter alone.
-                self.on_semaphore(id, |sema, waiting, granted| sema.serve(waiting, granted));
+                self.left_line(id, (key, gen));
             }
             _ => self.make_ready(key),
         }
@@ -152,6 +152,9 @@ impl Core {
 
     /// Runs one due `copas.timeout` callback inside the core timer coroutine.
     pub(crate) fn fire_timer(&self, lua: &Lua, key: usize, gen: u32) {
+        if !self.lua_is_open() {
+            return; // the interpreter is closing: nothing runs any more
+        }
         {
             let mut s = self.sched.borrow_mut();
             // An earlier callback of this batch may have cancelled it.
