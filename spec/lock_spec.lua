@@ -438,3 +438,38 @@ describe("copas.lock under load", function()
     assert.same({ n, n, n }, { got, timed_out, destroyed })
   end)
 end)
+
+-- The waiting line is the core's (lua/copas/line.lua): a waiter without a timeout is a
+-- forever-sleeper, held only by the lock it waits for.
+describe("copas.lock and the garbage collector", function()
+  local copas
+  before_each(function() copas = helper.fresh_copas() end)
+
+  it("keeps a thread waiting for ever alive while the lock lives, and hands the lock to it", function()
+    local lock = copas.lock.new(math.huge)
+    local result
+    run(copas, function()
+      lock:get()
+      copas.addthread(function() result = { lock:get() } end)
+      copas.pause(1.3)  -- long enough for the waiter to move to the weak table
+      collectgarbage()
+      collectgarbage()
+      lock:release()
+      copas.pause(0.05)
+    end, 5)
+    assert.is_number(result and result[1], "the waiter never got the lock")
+  end)
+
+  it("lets a lock nobody can reach be collected, with its line", function()
+    local weak = setmetatable({}, { __mode = "k" })
+    run(copas, function()
+      local lock = copas.lock.new(math.huge)
+      weak[lock] = true
+      lock:get()
+      lock = nil
+    end)
+    collectgarbage()
+    collectgarbage()
+    assert.is_nil(next(weak))
+  end)
+end)

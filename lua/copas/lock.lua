@@ -1,13 +1,29 @@
 --- A (re-entrant) lock for Copas threads, with FIFO hand-off and timeouts.
--- Compatible with Copas 4.11's `copas.lock`; see docs/copas-behaviour.md §9.1 for
--- the contract and the upstream bugs fixed here.
+-- Compatible with Copas 4.11's `copas.lock` (../shared/docs/copas-behaviour.md §9.1), without
+-- upstream's bugs: a failed `get(0)` leaves no trace, a waiter woken by an unrelated
+-- `copas.wakeup` keeps waiting, a removed or dead waiter is never handed the lock.
+--
+-- The waiting line is the core's, as a semaphore's (lua/copas/line.lua): a waiter yields once
+-- and the core ends its wait with a hand-over, its timeout or the lock's destruction. The owner
+-- and its re-entrancy count are kept here.
 local copas = require("copas")
+local line = require("copas.line")
 
 local gettime = copas.gettime  -- captured once, like upstream
 
 -- The running Copas thread: on PUC 5.1 a lock taken inside a coxpcall belongs to the Copas
 -- thread, not to coxpcall's helper coroutine.
 local coroutine_running = getmetatable(copas).internal.running
+
+-- Every method, and any other missing key, of a destroyed object answers nil, "destroyed".
+local destroyed_mt = getmetatable(copas).internal.destroyed_mt
+
+-- The running Copas thread; raises before anything gets queued when the caller cannot
+-- wait (the main thread), so that no ghost waiter is left behind.
+local waiting_thread = getmetatable(copas).internal.waiting_thread
+
+local line_wait, hand_over, GRANTED, TIMED_OUT =
+  line.wait, line.hand_over, line.GRANTED, line.TIMED_OUT
 
 local DEFAULT_TIMEOUT = 10
 
@@ -21,19 +37,6 @@ local function bad_timeout(value, level)
 end
 
 
--- A thread that died or was removed (copas.removethread, copas.cancelall) will never run
--- again, so it must not be handed anything.
-local is_gone = getmetatable(copas).internal.isgone
-
--- Every method, and any other missing key, of a destroyed object answers nil, "destroyed".
-local destroyed_mt = getmetatable(copas).internal.destroyed_mt
-
-
--- The running Copas thread; raises before anything gets queued when the caller cannot
--- wait (the main thread), so that no ghost waiter is left behind.
-local waiting_thread = getmetatable(copas).internal.waiting_thread
-
-
 --- Creates a new lock.
 -- @param seconds (optional) default timeout for `get` (default 10, `math.huge` = forever)
 -- @param not_reentrant (optional) if truthy, the owner cannot take the lock again
@@ -43,65 +46,37 @@ function lock.new(seconds, not_reentrant)
   if not timeout or not (timeout >= 0) then  -- the negation also rejects NaN
     bad_timeout(seconds, 2)
   end
+  local id, keeper = line.new(1, 0)
   return setmetatable({
     timeout = timeout,
     not_reentrant = not_reentrant,
-    queue = {},     -- waiters by position; a hole is a waiter that left the line
-    q_tip = 0,      -- position of the first in line
-    q_tail = 0,     -- position for the next one to queue
-    owner = nil,    -- the thread holding the lock
+    owner = nil,      -- the thread holding the lock (set on hand-over, before it runs)
     call_count = nil, -- how many times the owner holds it (re-entrancy)
-    handoff = nil,  -- the waiter made owner by `release` that has not run yet
+    line = id,        -- the waiting line in the core
+    keeper = keeper,  -- frees the line when the lock is collected
+    -- The threads in line, so that they live as long as the lock that may be handed to them.
+    waiting = {},
   }, lock)
 end
 
 
--- Takes a waiter out of the line, ending its wait with `outcome`.
-local function leave_queue(self, waiter, outcome)
-  waiter.outcome = outcome
-  self.queue[waiter.pos] = nil
-end
-
-
--- Called by the core timer when a waiter's timeout expires.
-local function expire(self, waiter)
-  if waiter.outcome == nil then
-    leave_queue(self, waiter, "timeout")
-    copas.wakeup(waiter.co)
-  end
-end
-
-
--- The slow path of `get`: queue up and wait for an outcome. Kept out of `get`, whose fast
--- path LuaJIT can then compile (a closure in the same function stops its traces).
+-- The slow path of `get`: wait in the core's line until `release` hands the lock over, the
+-- timeout passes or the lock is destroyed. Kept out of `get`, whose fast path LuaJIT can then
+-- compile.
 local function wait_in_line(self, timeout, co)
-  local waiter = { co = co, pos = self.q_tail, outcome = nil }
-  self.queue[waiter.pos] = waiter
-  self.q_tail = waiter.pos + 1
-
+  local waiting = self.waiting  -- still there if the lock is destroyed meanwhile
+  waiting[co] = true
   local start_time = gettime()
-  if timeout == math.huge then
-    copas.timeout(timeout)  -- still cancels the thread's own timeout, as upstream
-  else
-    copas.timeout(timeout, function() expire(self, waiter) end)
-  end
-  -- An unrelated copas.wakeup of this thread is not an outcome: keep waiting.
-  repeat
-    copas.pauseforever()
-  until waiter.outcome ~= nil
+  local outcome = line_wait(co, self.line, 1, timeout, 0)
   local waited = gettime() - start_time
-  if rawget(self, "handoff") == waiter then
-    self.handoff = nil
+  waiting[co] = nil
+  if outcome == TIMED_OUT then
+    return nil, "timeout", waited
   end
-
-  if waiter.outcome ~= "timeout" then
-    copas.timeout(0)  -- still armed: cancel it
+  if outcome ~= GRANTED or self.destroyed then  -- also when handed over, then destroyed
+    return nil, "destroyed", waited
   end
-  if waiter.outcome ~= "granted" then
-    return nil, waiter.outcome, waited
-  end
-  -- `release` already made us the owner, before we ran
-  return waited
+  return waited  -- `release` made us the owner already, before we ran
 end
 
 
@@ -145,29 +120,11 @@ function lock:release()
     return true  -- the owner still holds it (re-entrant)
   end
 
-  local queue = self.queue
-  while self.q_tip < self.q_tail do
-    local waiter = queue[self.q_tip]
-    queue[self.q_tip] = nil
-    self.q_tip = self.q_tip + 1
-    if waiter then
-      if is_gone(waiter.co) then
-        waiter.outcome = "gone"  -- its pending timer will find nothing to do
-      else
-        -- ownership passes before the waiter runs, so a `get` in between queues up
-        waiter.outcome = "granted"
-        self.owner = waiter.co
-        self.call_count = 1
-        self.handoff = waiter
-        copas.wakeup(waiter.co)
-        return true
-      end
-    end
-  end
-
-  self.owner = nil
-  self.q_tip = 0
-  self.q_tail = 0
+  -- Ownership passes before the waiter runs, so a `get` in between queues up. The core skips
+  -- waiters that left the line (timed out, removed, dead).
+  local next_owner = hand_over(self.line)
+  self.owner = next_owner
+  self.call_count = next_owner and 1 or nil
   return true
 end
 
@@ -176,22 +133,7 @@ end
 -- including one that was handed the lock but has not run yet (as upstream).
 -- @return true
 function lock:destroy()
-  local handoff = self.handoff
-  if handoff and handoff.outcome == "granted" then
-    handoff.outcome = "destroyed"
-  end
-  self.handoff = nil
-  local queue = self.queue
-  for pos = self.q_tip, self.q_tail - 1 do
-    local waiter = queue[pos]
-    if waiter then
-      leave_queue(self, waiter, "destroyed")
-      copas.wakeup(waiter.co)
-    end
-  end
-  self.queue = {}
-  self.q_tip = 0
-  self.q_tail = 0
+  line.destroy(self.line)
   self.destroyed = true
   setmetatable(self, destroyed_mt)
   return true

@@ -1,5 +1,5 @@
 --- A counting semaphore for Copas threads: FIFO, with timeouts.
--- Compatible with Copas 4.11's `copas.semaphore`; see docs/copas-behaviour.md §9.2 for
+-- Compatible with Copas 4.11's `copas.semaphore`; see ../shared/docs/copas-behaviour.md §9.2 for
 -- the contract and the upstream bugs fixed here.
 local copas = require("copas")
 
@@ -26,47 +26,14 @@ local destroyed_mt = getmetatable(copas).internal.destroyed_mt
 local waiting_thread = getmetatable(copas).internal.waiting_thread
 
 
--- The waiting line and the timeouts live in the core (src/semaphore.rs). While nobody waits,
+-- The waiting line and the timeouts live in the core (lua/copas/line.lua). While nobody waits,
 -- the count is kept here (`count`), so that take and give call nothing (and LuaJIT compiles
 -- them); a waiter hands it to the core (`in_core`), and a call that finds no waiter left in
 -- line takes it back.
-local core = getmetatable(copas).internal.semaphore
-local core_take, core_give, core_counts, core_wait = core.take, core.give, core.counts, core.wait
+local line = require("copas.line")
+local core_take, core_give, core_counts, core_wait = line.take, line.give, line.counts, line.wait
 
-local GRANTED, TIMED_OUT = 1, 0
-
-
--- Ids of semaphores whose object was collected; their core state is freed on the next `new`
--- (a finalizer only records the id: it may run inside any allocation, also during this loop,
--- so the list is swapped out first).
-local collected = {}
-
-local function free_collected()
-  if collected[1] == nil then
-    return
-  end
-  local ids = collected
-  collected = {}
-  for i = 1, #ids do
-    core.remove(ids[i], false)
-  end
-end
-
--- Records the id when the object is collected: through the object's own finalizer where tables
--- have one (5.2+), else through a proxy userdata it holds. A destroyed object, whose metatable
--- has no __gc, was freed by `destroy` already.
-local watch_collection
-if newproxy then
-  function watch_collection(self, id)
-    self.proxy = newproxy(true)
-    getmetatable(self.proxy).__gc = function() collected[#collected + 1] = id end
-  end
-else
-  function semaphore.__gc(self)
-    if getmetatable(self) == semaphore then collected[#collected + 1] = self.id end
-  end
-  function watch_collection() end
-end
+local GRANTED, TIMED_OUT = line.GRANTED, line.TIMED_OUT
 
 
 --- Creates a new semaphore.
@@ -87,10 +54,10 @@ function semaphore.new(max, start, seconds)
     error("expected start (2nd argument) to be a number, got: " .. tostring(start), 2)
   end
 
-  free_collected()
-  local id = core.new(max, start or 0)
+  local id, keeper = line.new(max, start or 0)
   local self = setmetatable({
     id = id,
+    keeper = keeper,  -- frees the line when the semaphore is collected
     count = start or 0,
     max = max,
     timeout = timeout,
@@ -98,7 +65,6 @@ function semaphore.new(max, start, seconds)
     -- The threads in line, so that they live as long as the semaphore that may wake them.
     waiting = {},
   }, semaphore)
-  watch_collection(self, id)
   return self
 end
 
@@ -234,7 +200,7 @@ function semaphore:destroy()
   if getmetatable(self) ~= semaphore then
     error(("bad argument #1 to 'destroy' (semaphore expected, got %s)"):format(type(self)), 2)
   end
-  core.remove(self.id, true)
+  line.destroy(self.id)
   self.destroyed = true
   setmetatable(self, destroyed_mt)
   return true
