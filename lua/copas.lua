@@ -49,39 +49,8 @@ else
   running = coroutine.running   -- its second result tells the main thread (waiting_thread)
 end
 
--- LuaSocket's protect/newtry/try are C functions built on lua_pcall: code they protect cannot
--- yield on PUC 5.1, so a copas socket call inside them would fail there. As upstream, copas
--- replaces them in the shared socket table with Lua versions (a failed try raises a table that
--- protect turns back into nil, message). An error that is not a try's is raised again as it
--- was (upstream prefixes string errors with its own position at every protect layer).
-if socket then
-  local try_error_mt = {
-    __tostring = function(e) return "Copas 'try' error intermediate table: '" .. e[1] .. "'" end,
-  }
-
-  socket.newtry = function(finalizer)
-    return function(...)
-      if (...) then return ... end
-      if finalizer then yieldable_pcall(finalizer, select(2, ...)) end
-      error(setmetatable({ (select(2, ...)) }, try_error_mt), 0)
-    end
-  end
-
-  socket.try = socket.newtry()
-
-  local function protected_results(ok, ...)
-    if ok then return ... end
-    local err = ...
-    if getmetatable(err) == try_error_mt then return nil, err[1] end
-    error(err, 0)
-  end
-
-  socket.protect = function(func)
-    return function(...)
-      return protected_results(yieldable_pcall(func, ...))
-    end
-  end
-end
+-- LuaSocket's protect/newtry/try, made yieldable as upstream does (copas/protect.lua).
+if socket then require("copas.protect")(socket, yieldable_pcall) end
 
 
 local copas = setmetatable({}, {})
