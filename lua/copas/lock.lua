@@ -1,6 +1,7 @@
 --- A (re-entrant) lock for Copas threads, with FIFO hand-off and timeouts.
--- Compatible with Copas 4.11's `copas.lock`; see docs/copas-behaviour.md §9.1 for
--- the contract and the upstream bugs fixed here.
+-- Compatible with Copas 4.11's `copas.lock`: the contract is ../shared/docs/copas-behaviour.md
+-- §9.1 (beside this repository); README.md lists the upstream bugs fixed here, with their
+-- regression specs (spec/lock_spec.lua).
 local copas = require("copas")
 
 local gettime = copas.gettime  -- captured once, like upstream
