@@ -28,18 +28,32 @@ lua_interpreter = "luajit"
 variables = { LUA_BINDIR = "/usr/bin", LUA_INCDIR = "/usr/include/luajit-2.1" }
 EOF
 
-# A loop with 20 threads, sleeps of different lengths and a timer; prints what it saw.
+# A loop with 20 threads, sleeps of different lengths, a timer and a line echoed by a server
+# (the socket modules); prints what it saw.
 PROGRAM='
 local copas = require("copas")
-local woke, fired = 0, false
+local socket = require("socket")
+local woke, fired, echoed = 0, false, nil
 for i = 1, 20 do
   copas.addthread(function() copas.pause(0.005 * (i % 5)) woke = woke + 1 end)
 end
 copas.timer.new({ delay = 0.02, callback = function() fired = true end })
+local server = assert(socket.bind("127.0.0.1", 0))
+local _, port = server:getsockname()
+copas.addserver(server, copas.handler(function(skt) skt:send(skt:receive() .. "\n") end))
+copas.addthread(function()
+  local client = copas.wrap(socket.tcp())
+  assert(client:connect("127.0.0.1", port))
+  client:send("hello\n")
+  echoed = client:receive()
+  client:close()
+  copas.removeserver(server)
+end)
 copas.loop()
 assert(woke == 20, "only " .. woke .. " of 20 threads finished")
 assert(fired, "the timer did not fire")
-print("loop ok: " .. woke .. " threads, timer fired, " .. (jit and jit.version or _VERSION))
+assert(echoed == "hello", "the server echoed " .. tostring(echoed))
+print("loop ok: " .. woke .. " threads, timer fired, line echoed, " .. (jit and jit.version or _VERSION))
 '
 
 failed=0
@@ -61,6 +75,9 @@ for v in "${RUNTIMES[@]}"; do
   done
   n=$(ls "$tree/share/lua/$lv/copas/"*.lua 2>/dev/null | wc -l)
   echo "installed: share/lua/$lv/copas/*.lua ($n files)"
+  for f in lua/copas/*.lua; do
+    [ -e "$tree/share/lua/$lv/copas/${f##*/}" ] || { echo "MISSING: share/lua/$lv/copas/${f##*/}"; ok=0; }
+  done
 
   # Only the temporary tree is on the paths (plus the system defaults for LuaSocket).
   paths=(env -u LUA_PATH_5_2 -u LUA_PATH_5_3 -u LUA_PATH_5_4 -u LUA_CPATH_5_2 -u LUA_CPATH_5_3 -u LUA_CPATH_5_4

@@ -1,6 +1,7 @@
 --- Futures: run a function in a Copas thread and collect its results later.
--- Compatible with Copas 4.11's `copas.future`; see docs/copas-behaviour.md §9.5 for
--- the contract and the upstream bug fixed here.
+-- Compatible with Copas 4.11's `copas.future`: the contract is ../shared/docs/copas-behaviour.md
+-- §9.5 (beside this repository); README.md lists the upstream bug fixed here, with its
+-- regression spec (spec/future_spec.lua).
 local copas = require("copas")
 local semaphore = require("copas.semaphore")
 

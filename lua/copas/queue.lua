@@ -1,6 +1,7 @@
 --- A FIFO queue for Copas threads, with optional worker threads.
--- Compatible with Copas 4.11's `copas.queue`; see docs/copas-behaviour.md §9.3 for
--- the contract and the upstream bug fixed here.
+-- Compatible with Copas 4.11's `copas.queue`: the contract is ../shared/docs/copas-behaviour.md
+-- §9.3 (beside this repository); README.md lists the upstream bug fixed here, with its
+-- regression spec (spec/queue_spec.lua).
 local copas = require("copas")
 
 local gettime = copas.gettime    -- captured once, like upstream

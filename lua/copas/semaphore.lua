@@ -1,6 +1,7 @@
 --- A counting semaphore for Copas threads: FIFO, with timeouts.
--- Compatible with Copas 4.11's `copas.semaphore`; see ../shared/docs/copas-behaviour.md §9.2 for
--- the contract and the upstream bugs fixed here.
+-- Compatible with Copas 4.11's `copas.semaphore`: the contract is ../shared/docs/copas-behaviour.md
+-- §9.2 (beside this repository); README.md lists the upstream bugs fixed here, with their
+-- regression specs (spec/semaphore_spec.lua).
 local copas = require("copas")
 
 local DEFAULT_TIMEOUT = 10

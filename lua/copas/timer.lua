@@ -1,6 +1,7 @@
 --- One-shot and recurring timers, each running in its own Copas thread.
--- Compatible with Copas 4.11's `copas.timer`; see docs/copas-behaviour.md §9.4 for
--- the contract and the upstream bugs fixed here.
+-- Compatible with Copas 4.11's `copas.timer`: the contract is ../shared/docs/copas-behaviour.md
+-- §9.4 (beside this repository); README.md lists the upstream bugs fixed here, with their
+-- regression specs (spec/timer_spec.lua).
 local copas = require("copas")
 
 local coroutine_running = getmetatable(copas).internal.running
