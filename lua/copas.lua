@@ -249,10 +249,21 @@ function copas.addthread(handler, ...)
 end
 
 
+-- What copas's own modules want to hear of a thread's end (see internal.on_exit).
+local exit_watchers = setmetatable({}, { __mode = "k" })
+
+local function notify_exit(co)
+  local watcher = exit_watchers[co]
+  if watcher then
+    exit_watchers[co] = nil
+    watcher(co)
+  end
+end
+
 function copas.removethread(co)
   if type(co) ~= "thread" then argerror(1, "removethread", "coroutine", co) end
   local id = task_ids[co]
-  if id then sched.remove(id) end
+  if id and sched.remove(id) then notify_exit(co) end
 end
 
 function copas.pause(sleeptime)
@@ -379,6 +390,7 @@ local close_autoclosed = shared.close_autoclosed
 sched.set_exit_hook(function(co)
   errhandlers[co] = nil
   close_autoclosed(co)
+  notify_exit(co)
 end)
 
 
@@ -632,6 +644,13 @@ copas_mt.internal = {
     if coroutine.status(co) == "dead" then return true end
     local id = task_ids[co]
     return id ~= nil and not sched.alive(id)
+  end,
+
+  -- Calls `watcher(co)` once when thread `co` ends: it returns, raises, or is removed.
+  on_exit = function(co, watcher)
+    exit_watchers[co] = watcher
+    local id = task_ids[co]
+    if id then sched.watch_exit(id) end
   end,
 
   -- The semaphores of copas.semaphore live in the core, by id: count, line and timeouts.

@@ -230,6 +230,24 @@ describe("queue:finish()", function()
     assert.same({ nil, "timeout" }, result)
   end)
 
+  -- Fails before the change: finish looked for workers that ended without signalling only
+  -- every 0.1 s; now the core tells of every thread's end (internal.on_exit).
+  it("learns of a worker removed with copas.removethread at once", function()
+    local q = copas.queue.new()
+    local worker, result
+    run(copas, function()
+      worker = q:add_worker(function() copas.pause(1) end)
+      q:push(1)
+      copas.pause(0)  -- the worker has its item
+      copas.addthread(function() result = { q:finish(2) } end)
+      copas.pause(0)  -- finish waits for the worker
+      copas.removethread(worker)
+      copas.pause(0)
+      copas.pause(0)
+      assert.same({ true }, result, "finish did not return within two steps")
+    end)
+  end)
+
   it("returns true in every thread that finishes the same queue", function()
     local q = copas.queue.new()
     local results = {}

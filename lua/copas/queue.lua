@@ -8,10 +8,8 @@ local gettime = copas.gettime    -- captured once, like upstream
 local Semaphore = copas.semaphore
 local Lock = copas.lock
 
--- How often `finish` re-checks for workers that ended without signalling: a worker that
--- died from an error (or was removed) never gives the exit semaphore, and Copas offers
--- no hook on a thread's death.
-local WORKER_CHECK_INTERVAL = 0.1
+-- Tells when a worker thread ends, however it ends (it returns, raises or is removed).
+local on_exit = getmetatable(copas).internal.on_exit
 
 local Queue = {}
 Queue.__index = Queue
@@ -171,12 +169,11 @@ function Queue:finish(timeout, no_destroy_on_timeout)
   -- the queue is destroyed (empty); now the workers must exit. Several threads may
   -- be finishing at once, so each counts exits one by one.
   while has_live_workers(self) do
-    local remaining = math.max(0, endtime - gettime())
-    _, err = self.exit_semaphore:take(1, math.min(remaining, WORKER_CHECK_INTERVAL))
+    _, err = self.exit_semaphore:take(1, math.max(0, endtime - gettime()))
     if err == "destroyed" then
       return true  -- another finisher saw the last worker go
     end
-    if err == "timeout" and remaining <= WORKER_CHECK_INTERVAL then
+    if err == "timeout" then
       return finish_timeout(self, no_destroy_on_timeout)
     end
   end
@@ -212,8 +209,6 @@ local function work(self, handler)
     -- error handler
     handler(item)
   end
-  self.workers[coroutine.running()] = nil
-  self.exit_semaphore:give(1)
 end
 
 
@@ -227,6 +222,10 @@ function Queue:add_worker(handler)
   self.worker_id = self.worker_id + 1
   local co = copas.addnamedthread(self.name .. ":worker_" .. self.worker_id, work, self, handler)
   self.workers[co] = true
+  on_exit(co, function()
+    self.workers[co] = nil
+    self.exit_semaphore:give(1)
+  end)
   return co
 end
 
