@@ -31,6 +31,7 @@ local sched = core.new()
 local TOKEN, OP_PAUSE, OP_FOREVER, OP_TIMER_DONE =
   core.TOKEN, core.OP_PAUSE, core.OP_FOREVER, core.OP_TIMER_DONE
 local OP_READ, OP_WRITE, OP_SEMAPHORE = core.OP_READ, core.OP_WRITE, core.OP_SEMAPHORE
+local OP_RECEIVE = core.OP_RECEIVE
 
 local yield = coroutine.yield
 local type, select, tostring, error, pcall, xpcall, setmetatable, getmetatable =
@@ -531,9 +532,9 @@ local function trace_line(logger, with_core)
       logger("yielding '", name, "' to SLEEP for ", as_logged(seconds), " seconds")
     elseif op == OP_FOREVER then
       logger("yielding '", name, "' to SLEEP for ", -1, " seconds")
-    elseif op == OP_READ or op == OP_WRITE then
+    elseif op == OP_READ or op == OP_WRITE or op == OP_RECEIVE then
       local skt = fd_socket[seconds]
-      logger("yielding '", name, "' to ", op == OP_READ and "READ" or "WRITE", " on '",
+      logger("yielding '", name, "' to ", op == OP_WRITE and "WRITE" or "READ", " on '",
              skt and copas.getsocketname(skt) or tostring(seconds), "'")
     end
   end

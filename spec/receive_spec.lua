@@ -397,3 +397,39 @@ describe("copas.receive at the end of the stream", function()
     assert.same(pack(nil, "closed", "early"), r)
   end)
 end)
+
+-- Issue #10: the core finishes a receive that has to wait. The thread yields once with what
+-- it wants, and is resumed once, with the result: a line in three pieces costs one wake-up,
+-- not one per piece (before: four resumes and three yields).
+describe("copas.receive on a connection that copas reads itself", function()
+  local copas
+  before_each(function() copas = helper.fresh_copas() end)
+  after_each(function() copas.debug.stop(); net.closeall() end)
+
+  it("resumes a waiting reader once, when its line is complete", function()
+    local a, b = net.pair()
+    local resumes, yields, line = 0, 0, nil
+    copas.debug.start(function(...)
+      local msg = table.concat({ ... })
+      if msg:find("'reader'", 1, true) then
+        if msg:find("^resuming") then resumes = resumes + 1 end
+        if msg:find("^yielding") then yields = yields + 1 end
+      end
+    end)
+    copas.addnamedthread("reader", function() line = copas.receive(b, "*l") end)
+    trickle(copas, a, { "ab", "cd", "ef\r\n" }, 0.05)
+    helper.loop(copas, 3)
+    assert.equal("abcdef", line)
+    assert.equal(2, resumes, "started, then resumed with the line")
+    assert.equal(1, yields)
+  end)
+
+  it("hands over the partial line with the timeout, prefix first", function()
+    local a, b = net.pair()
+    local r
+    copas.settimeout(b, 0.2)
+    trickle(copas, a, { "par\rtial" }, 0.05)
+    helper.run(copas, function() r = { copas.receive(b, "*l", "pre") } end, 3)
+    assert.same({ nil, "timeout", "prepartial" }, r)
+  end)
+end)

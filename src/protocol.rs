@@ -33,6 +33,17 @@ pub const OP_LOOKUP: i64 = 6;
 /// returns GRANTED, TIMED_OUT or DESTROYED.
 pub const OP_SEMAPHORE: i64 = 7;
 
+/// Receive on the connection the core reads directly (`binding.rs` `read_directly`): the
+/// LuaSocket object is the sixth value of the yield, `arg` its fd, `arg2` the deadline, `arg3`
+/// the pattern (a count, or PATTERN_LINE / PATTERN_ALL), `arg4` the prefix length. The core
+/// reads when the fd becomes readable and resumes the coroutine only once the receive is
+/// complete, with LuaSocket's results without the prefix (`data` or `nil, err, partial`;
+/// `nil, "timeout", partial` at the deadline); or with the number 1 when the coroutine must
+/// try itself (the socket was closed meanwhile).
+pub const OP_RECEIVE: i64 = 8;
+pub const PATTERN_LINE: f64 = -1.0;
+pub const PATTERN_ALL: f64 = -2.0;
+
 /// The results of an OP_SEMAPHORE wait.
 pub const GRANTED: f64 = 1.0;
 pub const TIMED_OUT: f64 = 0.0;
@@ -59,6 +70,7 @@ pub fn export(module: &Table) -> mlua::Result<()> {
         ("OP_WRITE", OP_WRITE),
         ("OP_LOOKUP", OP_LOOKUP),
         ("OP_SEMAPHORE", OP_SEMAPHORE),
+        ("OP_RECEIVE", OP_RECEIVE),
         ("MODE_LINE", MODE_LINE),
         ("MODE_ALL", MODE_ALL),
         ("ACCEPTED", ACCEPTED),
@@ -72,6 +84,8 @@ pub fn export(module: &Table) -> mlua::Result<()> {
         ("GRANTED", GRANTED),
         ("TIMED_OUT", TIMED_OUT),
         ("DESTROYED", DESTROYED),
+        ("PATTERN_LINE", PATTERN_LINE),
+        ("PATTERN_ALL", PATTERN_ALL),
     ] {
         module.set(name, value)?;
     }

@@ -17,10 +17,20 @@ use mlua::{AnyUserData, Lua};
 use crate::core::{Core, Sched};
 use crate::dns::Answer;
 use crate::luasocket::{self, is_luasocket_client, luasocket_fd, Conn, Pattern, Received};
-use crate::protocol::{ACCEPTED, ACCEPT_FAILED};
+use crate::protocol::{ACCEPTED, ACCEPT_FAILED, PATTERN_ALL, PATTERN_LINE};
 use crate::sockets::Server;
 use crate::tasks::{guarded, unpack, TaskRef, Wait};
 use crate::timers::Target;
+
+/// A receive a waiting task asked the core to finish (OP_RECEIVE): on the LuaSocket object at
+/// `skt` (kept alive by the waiting coroutine, whose arguments hold it), by `pattern`, after a
+/// prefix of `have` bytes.
+#[derive(Clone, Copy, PartialEq, Debug)]
+pub(crate) struct ReceiveAsk {
+    pub(crate) skt: *const c_void,
+    pub(crate) pattern: Pattern,
+    pub(crate) have: usize,
+}
 
 /// How long an accept that failed (descriptors ran out) waits before it is tried again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -31,16 +41,80 @@ impl Sched {
         self.io_waiting > 0 || self.sockets.servers() > 0 || self.resolver.pending() > 0
     }
 
-    /// The waiters in `list` still waiting on this fd and direction, made ready to run now.
-    pub(crate) fn claim_waiters(&mut self, list: &mut Vec<TaskRef>, fd: RawFd, write: bool) {
+    /// The waiters in `list` still waiting on this fd and direction, made ready to run now. A
+    /// waiter whose receive the core finishes (OP_RECEIVE) is claimed only once the receive is
+    /// complete; otherwise it stays in `still_waiting`, without having been resumed.
+    pub(crate) fn claim_waiters(
+        &mut self,
+        list: &mut Vec<TaskRef>,
+        still_waiting: &mut Vec<TaskRef>,
+        fd: RawFd,
+        write: bool,
+    ) {
         list.retain(|&(key, gen)| {
-            let waiting = matches!(self.task(key, gen),
-                Some(t) if matches!(t.wait, Wait::Io { fd: f, write: w, .. } if f == fd && w == write));
-            if waiting {
-                self.end_io_wait(key, true, false);
+            let receive = match self.task(key, gen) {
+                Some(t) => match t.wait {
+                    Wait::Io {
+                        fd: f,
+                        write: w,
+                        receive,
+                        ..
+                    } if f == fd && w == write => receive,
+                    _ => return false,
+                },
+                None => return false,
+            };
+            if let Some(ask) = receive {
+                match self.receive_for(ask, false) {
+                    Received::WouldBlock(_) => {
+                        still_waiting.push((key, gen));
+                        return false;
+                    }
+                    received => self.tasks[key].received = Some(received),
+                }
             }
-            waiting
+            self.end_io_wait(key, true, false);
+            true
         });
+    }
+
+    /// Runs the receive a waiter asked the core to finish; `partial`: the last try before its
+    /// deadline, which hands over what arrived.
+    pub(crate) fn receive_for(&mut self, ask: ReceiveAsk, partial: bool) -> Received {
+        let (owner, fd) = luasocket_fd(ask.skt);
+        if fd < 0 {
+            return Received::Failed("closed", Vec::new());
+        }
+        self.sockets
+            .receive(fd, owner, ask.pattern, ask.have, partial)
+    }
+
+    /// OP_RECEIVE: the task waits for the core to finish its receive on the connection `skt`
+    /// (read directly, `Core::read_directly`): `[fd, deadline, pattern, prefix length]`.
+    pub(crate) fn wait_to_receive(
+        &mut self,
+        key: usize,
+        [fd, at, pattern, have]: [Option<f64>; 4],
+        skt: *const c_void,
+    ) -> bool {
+        let (Some(pattern), Some(have)) = (pattern, have) else {
+            return false;
+        };
+        if skt.is_null() || !self.wait_for_fd(key, false, fd, at) {
+            return false;
+        }
+        let pattern = if pattern == PATTERN_LINE {
+            Pattern::Line
+        } else if pattern == PATTERN_ALL {
+            Pattern::All
+        } else {
+            Pattern::Count(pattern.max(0.0) as usize)
+        };
+        let have = have.max(0.0) as usize;
+        if let Wait::Io { receive, .. } = &mut self.tasks[key].wait {
+            *receive = Some(ReceiveAsk { skt, pattern, have });
+        }
+        true
     }
 
     pub(crate) fn waits_on(&self, task: &TaskRef) -> bool {
@@ -68,7 +142,12 @@ impl Sched {
         let at = self.deadline_at(at);
         let gen = self.tasks[key].gen;
         self.sockets.add_waiter(fd, write, (key, gen));
-        self.tasks[key].wait = Wait::Io { fd, write, at };
+        self.tasks[key].wait = Wait::Io {
+            fd,
+            write,
+            at,
+            receive: None,
+        };
         self.io_waiting += 1;
         self.push_deadline(key, at);
         true
@@ -111,7 +190,11 @@ impl Core {
     pub(crate) fn wake_and_run(&self, lua: &Lua, fd: RawFd, write: bool) -> bool {
         let mut claimed = self.with_sched(|s| {
             let mut list = s.sockets.take_waiters(fd, write);
-            s.claim_waiters(&mut list, fd, write);
+            let mut still_waiting = Vec::new();
+            s.claim_waiters(&mut list, &mut still_waiting, fd, write);
+            for task in still_waiting {
+                s.sockets.add_waiter(fd, write, task);
+            }
             list
         });
         for &(key, gen) in &claimed {

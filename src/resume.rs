@@ -7,13 +7,19 @@
 use std::os::raw::{c_int, c_void};
 use std::ptr;
 
-use mlua::ffi;
-use mlua::{Lua, RegistryKey, Table, Value};
+use mlua::{ffi, Lua, RegistryKey, Table, Value};
+
+use crate::luasocket::Received;
 
 /// What a resumed coroutine did.
 pub enum Outcome {
-    /// Yielded `(TOKEN, op, args...)` (up to four numbers): a wait request from the copas shim.
-    Wait { op: i64, args: [Option<f64>; 4] },
+    /// Yielded `(TOKEN, op, args...)` (up to four numbers, then a userdata): a wait request
+    /// from the copas shim.
+    Wait {
+        op: i64,
+        args: [Option<f64>; 4],
+        object: *const c_void,
+    },
     /// Yielded anything else: user code called `coroutine.yield` itself.
     ForeignYield,
     /// The body returned.
@@ -29,6 +35,8 @@ pub enum Arg {
     Number(f64),
     /// The value put into the box with `ValueBox::put_arg`, passed in any case.
     Boxed,
+    /// What a receive the core finished gave: LuaSocket's results without the prefix.
+    Received(Received),
 }
 
 /// Values cross between Lua and the raw resume through this table: the error object leaves the
@@ -100,6 +108,10 @@ pub unsafe fn resume(
                 values.push_arg(l);
                 nargs = 1;
             }
+            Arg::Received(received) => {
+                ffi::lua_checkstack(l, 3);
+                nargs = push_received(l, received);
+            }
             _ => {}
         }
         let mut nres: c_int = 0;
@@ -168,8 +180,44 @@ unsafe fn decode_wait(l: *mut ffi::lua_State, nres: c_int, token: *mut c_void) -
             None
         }
     };
+    let object = if nres > 6 {
+        ffi::lua_touserdata(l, -nres + 6) as *const c_void
+    } else {
+        ptr::null()
+    };
     Outcome::Wait {
         op,
         args: [number_at(2), number_at(3), number_at(4), number_at(5)],
+        object,
     }
+}
+
+/// Pushes LuaSocket's results of a receive onto `l`; returns how many.
+///
+/// SAFETY (caller): `l` is a suspended coroutine's state with room for three values. Pushing a
+/// string can raise (out of memory) and unwind past this frame: the buffers, moved in here,
+/// then leak instead of being freed twice.
+unsafe fn push_received(l: *mut ffi::lua_State, received: Received) -> c_int {
+    let push = |bytes: &[u8]| ffi::lua_pushlstring(l, bytes.as_ptr() as *const _, bytes.len());
+    let received = std::mem::ManuallyDrop::new(received);
+    let n = match &*received {
+        Received::Done(data) => {
+            push(data);
+            1
+        }
+        Received::WouldBlock(part) => {
+            ffi::lua_pushnil(l);
+            push(b"timeout");
+            push(part);
+            3
+        }
+        Received::Failed(err, part) => {
+            ffi::lua_pushnil(l);
+            push(err.as_bytes());
+            push(part);
+            3
+        }
+    };
+    drop(std::mem::ManuallyDrop::into_inner(received));
+    n
 }

@@ -8,11 +8,16 @@
 //! wait in `semaphore_waits.rs`) or ends it, reporting an error through the error hook.
 
 use std::os::fd::RawFd;
+use std::os::raw::c_void;
 
 use mlua::{ffi, Lua, Thread, Value};
 
 use crate::core::{Core, Sched};
-use crate::protocol::{OP_FOREVER, OP_LOOKUP, OP_PAUSE, OP_READ, OP_SEMAPHORE, OP_WRITE};
+use crate::luasocket::Received;
+use crate::protocol::{
+    OP_FOREVER, OP_LOOKUP, OP_PAUSE, OP_READ, OP_RECEIVE, OP_SEMAPHORE, OP_WRITE,
+};
+use crate::readiness::ReceiveAsk;
 use crate::resume::{resume, Arg, Outcome};
 
 const FOREIGN_YIELD: &str =
@@ -54,11 +59,13 @@ pub(crate) enum Wait {
     SleepingUnbounded,
     /// `pauseforever()`: until woken; does not keep the loop alive by itself.
     Forever,
-    /// Waiting for readiness of `fd`, at most until `at`.
+    /// Waiting for readiness of `fd`, at most until `at`; with `receive`, for the core to
+    /// finish that receive (OP_RECEIVE).
     Io {
         fd: RawFd,
         write: bool,
         at: Option<u64>,
+        receive: Option<ReceiveAsk>,
     },
     /// Waiting for a name lookup, at most until `at`.
     Lookup {
@@ -86,6 +93,8 @@ pub(crate) struct Task {
     pub(crate) weak: bool,
     /// What its next resume returns, when its wait ended with a result (I/O, lookup, semaphore).
     pub(crate) result: Option<f64>,
+    /// What its next resume returns when the core finished its receive (OP_RECEIVE).
+    pub(crate) received: Option<Received>,
     /// Monotonic time of the last yield, to report the elapsed wait on resume.
     pub(crate) since: u64,
     /// The coroutine's lua_State. Valid while `Store::threads` holds the coroutine, which it does
@@ -237,6 +246,7 @@ impl Core {
                 wait: Wait::Running,
                 weak: false,
                 result: None,
+                received: None,
                 since: 0,
                 state: co.state(),
             });
@@ -395,10 +405,14 @@ impl Core {
             }
             t.wait = Wait::Running;
             let elapsed = (now.saturating_sub(t.since)) as f64 / 1e9;
-            let arg = match t.result.take() {
-                Some(result) => Arg::Number(result),
-                None if std::mem::replace(&mut t.started, true) => Arg::Number(elapsed),
-                None => Arg::Nothing,
+            let result = t.result.take();
+            let arg = match t.received.take() {
+                Some(received) => Arg::Received(received),
+                None => match result {
+                    Some(result) => Arg::Number(result),
+                    None if std::mem::replace(&mut t.started, true) => Arg::Number(elapsed),
+                    None => Arg::Nothing,
+                },
             };
             (t.state, arg)
         };
@@ -414,11 +428,11 @@ impl Core {
     /// Files a task according to what its resume ended with.
     pub(crate) fn settle(&self, lua: &Lua, key: usize, outcome: Outcome) {
         match outcome {
-            Outcome::Wait { op, args } => {
+            Outcome::Wait { op, args, object } => {
                 if self.tracing() {
                     self.trace_task("yield", key, Some((op, args[0])));
                 }
-                if !self.file_wait(key, op, args) {
+                if !self.file_wait(key, op, args, object) {
                     self.end_task(key, Some(foreign_yield_error(lua)));
                 }
             }
@@ -469,6 +483,7 @@ impl Core {
         key: usize,
         op: i64,
         [arg, arg2, arg3, arg4]: [Option<f64>; 4],
+        object: *const c_void,
     ) -> bool {
         let canceled = self.with_sched(|s| {
             let now = s.step_now;
@@ -496,6 +511,7 @@ impl Core {
                 true
             }
             OP_READ | OP_WRITE => s.wait_for_fd(key, op == OP_WRITE, arg, arg2),
+            OP_RECEIVE => s.wait_to_receive(key, [arg, arg2, arg3, arg4], object),
             OP_LOOKUP => s.wait_for_lookup(key, arg, arg2),
             OP_SEMAPHORE => s.wait_in_line(key, arg, arg2, arg3, arg4),
             _ => false,

@@ -94,10 +94,16 @@ impl Sched {
     /// readiness never resumes it, upstream bug #208) and its yield returns 0.
     pub(crate) fn expire_task(&mut self, key: usize) {
         match self.tasks[key].wait {
-            Wait::Io { fd, write, .. } => {
+            Wait::Io {
+                fd, write, receive, ..
+            } => {
                 let gen = self.tasks[key].gen;
                 self.sockets.remove_waiter(fd, write, (key, gen));
+                // A receive the core was to finish gets its last try, which hands over what
+                // arrived (LuaSocket's partial result).
+                let received = receive.map(|ask| self.receive_for(ask, true));
                 self.end_io_wait(key, false, true);
+                self.tasks[key].received = received;
             }
             Wait::Lookup { .. } => self.end_io_wait(key, false, true),
             Wait::Semaphore { id, .. } => {

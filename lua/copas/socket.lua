@@ -15,6 +15,7 @@ return function(copas, shared)
 
   local TOKEN, OP_READ, OP_WRITE = core.TOKEN, core.OP_READ, core.OP_WRITE
   local MODE_LINE, MODE_ALL = core.MODE_LINE, core.MODE_ALL
+  local OP_RECEIVE, PATTERN_LINE, PATTERN_ALL = core.OP_RECEIVE, core.PATTERN_LINE, core.PATTERN_ALL
   local sched_recv, sched_send = sched.recv, sched.send
   local yield = coroutine.yield
   local type, tonumber, tostring, getmetatable, setmetatable =
@@ -242,17 +243,28 @@ return function(copas, shared)
   end
 
   -- The rest of a receive on an adopted connection after the first try said "timeout".
+  -- The rest of a receive on a connection the core reads, after the first try said "timeout":
+  -- one yield, and the core resumes this thread once the receive is complete (or its deadline
+  -- passed), with LuaSocket's results less the prefix. Woken with a number instead (the socket
+  -- was closed meanwhile), it tries once more itself.
   local function receive_adopted(skt, fd, mode, pattern, prefix)
     local deadline = deadline_for(read_timeouts[skt])
-    local ready, failed, data, err, part = true, nil, nil, "timeout", nil
-    while true do
-      ready, failed = wait_again(skt, OP_READ, deadline, ready, err, fd)
-      if failed then return nil, failed, part end
-      -- once out of time, what arrived so far comes back as the partial result
-      data, err, part = sched_recv(skt, mode, pattern, prefix, not ready)
+    local wanted = mode == MODE_LINE and PATTERN_LINE or mode == MODE_ALL and PATTERN_ALL or pattern
+    local have = type(prefix) == "string" and #prefix or 0
+    local data, err, part = yield(TOKEN, OP_RECEIVE, fd, deadline, wanted, have, skt)
+    if type(data) == "number" then
+      data, err, part = sched_recv(skt, mode, pattern, prefix, data == 0)
       spend(err)
       if data or err ~= "timeout" then return data, err, part end
+      return nil, timeout_error(err), part
     end
+    if have > 0 then
+      if data then return prefix .. data end
+      part = prefix .. part
+    end
+    if data then return data end
+    if err == "timeout" then err = timeout_error(err) end
+    return nil, err, part
   end
 
   function copas.receive(skt, pattern, prefix)
