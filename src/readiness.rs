@@ -22,6 +22,12 @@ use crate::sockets::Server;
 use crate::tasks::{guarded, unpack, TaskRef, Wait};
 use crate::timers::Target;
 
+/// The receive a waiting task asked the core to finish, then its result.
+pub(crate) enum Receive {
+    Asked(ReceiveAsk),
+    Done(Received),
+}
+
 /// A receive a waiting task asked the core to finish (OP_RECEIVE): on the LuaSocket object at
 /// `skt` (kept alive by the waiting coroutine, whose arguments hold it), by `pattern`, after a
 /// prefix of `have` bytes.
@@ -64,23 +70,39 @@ impl Sched {
                 },
                 None => return false,
             };
-            if let Some(ask) = receive {
-                match self.receive_for(ask, false) {
-                    Received::WouldBlock(_) => {
-                        still_waiting.push((key, gen));
-                        return false;
-                    }
-                    received => self.tasks[key].received = Some(received),
-                }
+            if receive && !self.finish_receive(key, false) {
+                still_waiting.push((key, gen));
+                return false;
             }
             self.end_io_wait(key, true, false);
             true
         });
     }
 
-    /// Runs the receive a waiter asked the core to finish; `partial`: the last try before its
-    /// deadline, which hands over what arrived.
-    pub(crate) fn receive_for(&mut self, ask: ReceiveAsk, partial: bool) -> Received {
+    /// Runs the receive task `key` asked the core to finish, and keeps its result for the
+    /// task's resume; false when it must wait on. `partial`: the last try before the deadline,
+    /// which hands over what arrived (LuaSocket's partial result).
+    pub(crate) fn finish_receive(&mut self, key: usize, partial: bool) -> bool {
+        let Some(slot) = self.tasks[key].receive.take() else {
+            return true;
+        };
+        let Receive::Asked(ask) = *slot else {
+            self.tasks[key].receive = Some(slot);
+            return true;
+        };
+        let received = self.receive_for(ask, partial);
+        let done = !matches!(received, Received::WouldBlock(_)) || partial;
+        let mut slot = slot;
+        *slot = if done {
+            Receive::Done(received)
+        } else {
+            Receive::Asked(ask)
+        };
+        self.tasks[key].receive = Some(slot);
+        done
+    }
+
+    fn receive_for(&mut self, ask: ReceiveAsk, partial: bool) -> Received {
         let (owner, fd) = luasocket_fd(ask.skt);
         if fd < 0 {
             return Received::Failed("closed", Vec::new());
@@ -112,8 +134,10 @@ impl Sched {
         };
         let have = have.max(0.0) as usize;
         if let Wait::Io { receive, .. } = &mut self.tasks[key].wait {
-            *receive = Some(ReceiveAsk { skt, pattern, have });
+            *receive = true;
         }
+        let ask = Receive::Asked(ReceiveAsk { skt, pattern, have });
+        self.tasks[key].receive = Some(Box::new(ask));
         true
     }
 
@@ -146,7 +170,7 @@ impl Sched {
             fd,
             write,
             at,
-            receive: None,
+            receive: false,
         };
         self.io_waiting += 1;
         self.push_deadline(key, at);

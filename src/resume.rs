@@ -127,7 +127,8 @@ pub unsafe fn resume(
                 Outcome::Finished
             }
             _ => {
-                // The error object is on top of the dead coroutine's stack.
+                // The error object is on top of the dead coroutine's stack. (Taking it out goes
+                // through mlua: the caller checks that mlua's state lives.)
                 ffi::lua_checkstack(l, 2);
                 ffi::lua_rawgeti(l, ffi::LUA_REGISTRYINDEX, values.key.id() as _);
                 ffi::lua_insert(l, -2);

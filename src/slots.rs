@@ -10,7 +10,7 @@
 
 use std::os::raw::c_int;
 
-use mlua::{ffi, Lua, RegistryKey, Table, Thread};
+use mlua::{ffi, Lua, RegistryKey, Table};
 
 /// The two tables that hold task coroutines by key: `threads` (strong) and `forever` (weak
 /// values).
@@ -21,8 +21,10 @@ use mlua::{ffi, Lua, RegistryKey, Table, Thread};
 /// The function that moves a coroutine between the tables is made once, since pushing a C
 /// function allocates a closure on 5.1/LuaJIT.
 pub struct TaskSlots {
-    // Keeps the scratch thread (and so `state`) alive.
-    _thread: Thread,
+    // Keeps the scratch thread (and so `state`) alive: a registry reference, which lasts as long
+    // as the interpreter (an mlua handle would go with mlua's state, which a closing
+    // interpreter may finalize before a finalizer that still calls copas).
+    _thread: RegistryKey,
     state: *mut ffi::lua_State,
     threads: RegistryKey,
     forever: RegistryKey,
@@ -36,7 +38,7 @@ impl TaskSlots {
         // SAFETY: `move_back` only makes raw accesses to the arguments `move_slot` gives it.
         let move_back = unsafe { lua.create_c_function(move_back)? };
         Ok(TaskSlots {
-            _thread: thread,
+            _thread: lua.create_registry_value(thread)?,
             state,
             threads: lua.create_registry_value(threads.clone())?,
             forever: lua.create_registry_value(forever.clone())?,

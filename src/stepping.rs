@@ -12,7 +12,7 @@ use std::os::fd::RawFd;
 use std::os::raw::c_void;
 use std::time::Duration;
 
-use mlua::{ffi, Function, Lua, RegistryKey, Table, Thread};
+use mlua::{ffi, Function, Lua, RegistryKey, Table};
 
 use crate::core::{Core, Sched};
 use crate::dns::Resolver;
@@ -222,7 +222,8 @@ impl Core {
 
 /// Tells whether two entries of a table still hold the values they held when it was made.
 pub struct EntryWatch {
-    _thread: Thread,
+    // A registry reference keeps the scratch thread (and so `state`) alive, as in `slots.rs`.
+    _thread: RegistryKey,
     state: *mut ffi::lua_State,
     table: RegistryKey,
     entries: [(RegistryKey, *const c_void); 2],
@@ -245,7 +246,7 @@ impl EntryWatch {
             ))
         };
         Ok(EntryWatch {
-            _thread: thread,
+            _thread: lua.create_registry_value(thread)?,
             state,
             table: lua.create_registry_value(table.clone())?,
             entries: [entry(0)?, entry(1)?],

@@ -13,11 +13,10 @@ use std::os::raw::c_void;
 use mlua::{ffi, Lua, Thread, Value};
 
 use crate::core::{Core, Sched};
-use crate::luasocket::Received;
 use crate::protocol::{
     OP_FOREVER, OP_LOOKUP, OP_PAUSE, OP_READ, OP_RECEIVE, OP_SEMAPHORE, OP_WRITE,
 };
-use crate::readiness::ReceiveAsk;
+use crate::readiness::Receive;
 use crate::resume::{resume, Arg, Outcome};
 
 const FOREIGN_YIELD: &str =
@@ -60,12 +59,12 @@ pub(crate) enum Wait {
     /// `pauseforever()`: until woken; does not keep the loop alive by itself.
     Forever,
     /// Waiting for readiness of `fd`, at most until `at`; with `receive`, for the core to
-    /// finish that receive (OP_RECEIVE).
+    /// finish the receive in `Task::receive` (OP_RECEIVE).
     Io {
         fd: RawFd,
         write: bool,
         at: Option<u64>,
-        receive: Option<ReceiveAsk>,
+        receive: bool,
     },
     /// Waiting for a name lookup, at most until `at`.
     Lookup {
@@ -93,8 +92,9 @@ pub(crate) struct Task {
     pub(crate) weak: bool,
     /// What its next resume returns, when its wait ended with a result (I/O, lookup, semaphore).
     pub(crate) result: Option<f64>,
-    /// What its next resume returns when the core finished its receive (OP_RECEIVE).
-    pub(crate) received: Option<Received>,
+    /// The receive the core is to finish for it (OP_RECEIVE), then its result, which the next
+    /// resume returns. Boxed: most tasks never have one, and a task is kept small.
+    pub(crate) receive: Option<Box<Receive>>,
     /// Monotonic time of the last yield, to report the elapsed wait on resume.
     pub(crate) since: u64,
     /// The coroutine's lua_State. Valid while `Store::threads` holds the coroutine, which it does
@@ -246,7 +246,7 @@ impl Core {
                 wait: Wait::Running,
                 weak: false,
                 result: None,
-                received: None,
+                receive: None,
                 since: 0,
                 state: co.state(),
             });
@@ -389,8 +389,10 @@ impl Core {
     }
 
     pub(crate) fn run_task(&self, lua: &Lua, key: usize, gen: u32) {
+        // While the interpreter closes, mlua's state (and what only it kept alive) may be gone
+        // before a finalizer that still runs the loop: then nothing is resumed any more.
         if !self.lua_is_open() {
-            return; // the interpreter is closing: nothing runs any more
+            return;
         }
         let (state, arg) = {
             let mut s = self.sched.borrow_mut();
@@ -406,9 +408,9 @@ impl Core {
             t.wait = Wait::Running;
             let elapsed = (now.saturating_sub(t.since)) as f64 / 1e9;
             let result = t.result.take();
-            let arg = match t.received.take() {
-                Some(received) => Arg::Received(received),
-                None => match result {
+            let arg = match t.receive.take().map(|r| *r) {
+                Some(Receive::Done(received)) => Arg::Received(received),
+                _ => match result {
                     Some(result) => Arg::Number(result),
                     None if std::mem::replace(&mut t.started, true) => Arg::Number(elapsed),
                     None => Arg::Nothing,
@@ -451,7 +453,8 @@ impl Core {
     /// for, and let go of the coroutine.
     pub(crate) fn end_task(&self, key: usize, error: Option<Value>) {
         let notify = matches!(self.sched.borrow().tasks.get(key), Some(t) if t.notify_exit);
-        if error.is_none() && !notify {
+        // Reporting goes through mlua, which is gone while the interpreter closes.
+        if error.is_none() && !notify || !self.lua_is_open() {
             self.discard(key);
             return;
         }

@@ -99,11 +99,10 @@ impl Sched {
             } => {
                 let gen = self.tasks[key].gen;
                 self.sockets.remove_waiter(fd, write, (key, gen));
-                // A receive the core was to finish gets its last try, which hands over what
-                // arrived (LuaSocket's partial result).
-                let received = receive.map(|ask| self.receive_for(ask, true));
+                if receive {
+                    self.finish_receive(key, true);
+                }
                 self.end_io_wait(key, false, true);
-                self.tasks[key].received = received;
             }
             Wait::Lookup { .. } => self.end_io_wait(key, false, true),
             Wait::Semaphore { id, .. } => {

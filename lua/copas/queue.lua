@@ -222,8 +222,10 @@ function Queue:add_worker(handler)
   self.worker_id = self.worker_id + 1
   local co = copas.addnamedthread(self.name .. ":worker_" .. self.worker_id, work, self, handler)
   self.workers[co] = true
-  on_exit(co, function()
-    self.workers[co] = nil
+  -- The watcher must not hold `co`: on 5.1/LuaJIT a weak-keyed table whose value refers to
+  -- its key keeps the key alive.
+  on_exit(co, function(ended)
+    self.workers[ended] = nil
     self.exit_semaphore:give(1)
   end)
   return co
