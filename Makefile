@@ -9,6 +9,7 @@
 #   make bench UPSTREAM=/path/to/copas         bench/run and bench/net/run, side by side with upstream
 #   make fuzz [SEED=1] [COUNT=10000] [LUA="5.4 jit"]   the seeded fuzzer of the public API
 #   make memcheck [LUA=5.4]                    socket specs under valgrind
+#   make lint                                  luacheck over the Lua code (.luacheckrc)
 #   make clean
 #
 # After `make build LUA=5.4` a program needs only
@@ -41,7 +42,7 @@ endif
 DEMO_LUA := $(or $(LUA),5.4)
 
 .PHONY: all build $(addprefix build-,$(ALL_LUA)) demo test deps conformance bench env clean \
-	fmt clippy unit check-cargo fuzz memcheck
+	fmt clippy unit check-cargo fuzz memcheck lint
 
 all: build
 
@@ -120,6 +121,13 @@ fuzz:
 
 memcheck:
 	@scripts/memcheck.sh $(or $(LUA),5.4)
+
+# luacheck (Debian: lua-check) with .luacheckrc; part of `make test`.
+LUACHECK_DIRS := lua bin spec fuzz bench
+LUACHECK_FLAGS ?=
+lint:
+	@command -v luacheck >/dev/null || { echo "luacheck not found: apt-get install lua-check (or make deps)" >&2; exit 1; }
+	luacheck -q $(LUACHECK_FLAGS) $(LUACHECK_DIRS)
 
 clean:
 	rm -rf build target
