@@ -9,6 +9,8 @@
 #   make bench UPSTREAM=/path/to/copas         bench/run and bench/net/run, side by side with upstream
 #   make fuzz [SEED=1] [COUNT=10000] [LUA="5.4 jit"]   the seeded fuzzer of the public API
 #   make memcheck [LUA=5.4]                    socket specs under valgrind
+#   make lint                                  luacheck over the Lua code (.luacheckrc)
+#   make docs                                  the LDoc API reference in build/docs/ (config.ld)
 #   make clean
 #
 # After `make build LUA=5.4` a program needs only
@@ -41,7 +43,7 @@ endif
 DEMO_LUA := $(or $(LUA),5.4)
 
 .PHONY: all build $(addprefix build-,$(ALL_LUA)) demo test deps conformance bench env clean \
-	fmt clippy unit check-cargo fuzz memcheck
+	fmt clippy unit check-cargo fuzz memcheck lint docs
 
 all: build
 
@@ -120,6 +122,21 @@ fuzz:
 
 memcheck:
 	@scripts/memcheck.sh $(or $(LUA),5.4)
+
+# luacheck (Debian: lua-check) with .luacheckrc; part of `make test`.
+LUACHECK_DIRS := lua bin spec fuzz bench
+LUACHECK_FLAGS ?=
+lint:
+	@command -v luacheck >/dev/null || { echo "luacheck not found: apt-get install lua-check (or make deps)" >&2; exit 1; }
+	luacheck -q $(LUACHECK_FLAGS) $(LUACHECK_DIRS)
+
+# The API reference of what copas-rs adds beside upstream's manual: LDoc (Debian: lua-ldoc)
+# with config.ld, into build/docs/ (index.html).
+docs:
+	@command -v ldoc >/dev/null || { echo "ldoc not found: apt-get install lua-ldoc (or make deps)" >&2; exit 1; }
+	@rm -rf build/docs
+	ldoc --fatalwarnings .
+	@echo "docs: build/docs/index.html"
 
 clean:
 	rm -rf build target

@@ -48,7 +48,7 @@ local function check(cond, fmt, ...)
 end
 
 local thread_errors = 0
-copas.seterrorhandler(function(err, co, skt)
+copas.seterrorhandler(function(err)
   thread_errors = thread_errors + 1
   if thread_errors <= 5 then
     io.stderr:write("thread error: ", tostring(err), "\n")
@@ -91,9 +91,10 @@ function cases.C1()
   copas.addthread(player, 1)
   copas.addthread(player, 2)
   copas.loop()
-  check(done[1] == per and done[2] == per, "switches %d+%d, expected %d each", done[1], done[2], per)
-  check(alternations == 2 * per, "alternations %d, expected %d (pause(0) must let the other thread run)",
-    alternations, 2 * per)
+  check(done[1] == per and done[2] == per, "switches %d+%d, expected %d each",
+    done[1], done[2], per)
+  check(alternations == 2 * per,
+    "alternations %d, expected %d (pause(0) must let the other thread run)", alternations, 2 * per)
   return string.format("switches=%d alternations=%d", done[1] + done[2], alternations)
 end
 
@@ -290,5 +291,6 @@ if #failures > 0 then
 end
 -- proc: CPU time of the whole process so far (os.clock() = clock(), user+sys, fine-grained);
 -- cpu: of the case alone (after loading copas); wall: of the case alone
-print(string.format("CASE %s ok proc=%.4f cpu=%.4f wall=%.3f %s", case, os.clock(), cpu, wall, detail))
+print(string.format("CASE %s ok proc=%.4f cpu=%.4f wall=%.3f %s",
+  case, os.clock(), cpu, wall, detail))
 os.exit(0)

@@ -7,7 +7,7 @@
 -- chunks may call copas.pause(), use wrapped sockets and add threads. The loop then runs until
 -- nothing is left to do. An error in that thread prints a traceback on stderr and exits with 1.
 
-copas = require("copas") -- luacheck: ignore (the global `copas` is part of the contract)
+copas = require("copas") -- the global `copas` is part of the contract (see .luacheckrc)
 
 local compile = loadstring or load -- a string chunk: loadstring on 5.1/LuaJIT, load on 5.2+
 local unpack = table.unpack or unpack

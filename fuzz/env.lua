@@ -174,7 +174,8 @@ local stuck_at = now() + (tonumber(os.getenv("FUZZ_STUCK_AFTER")) or 15)
 debug.sethook(function()
   if now() > stuck_at then
     stuck_at = math.huge
-    io.stderr:write("STUCK ", (debug.traceback("at call " .. current, 2):gsub("\n%s*", " | ")), "\n")
+    local where = debug.traceback("at call " .. current, 2):gsub("\n%s*", " | ")
+    io.stderr:write("STUCK ", where, "\n")
   end
 end, "", 100000)
 

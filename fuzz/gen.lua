@@ -11,7 +11,8 @@ local socket = require("socket")
 
 local seed, chunk, count = tonumber(arg[1]), tonumber(arg[2]), tonumber(arg[3])
 local mode, a, b = arg[4], tonumber(arg[5]), tonumber(arg[6])
-assert(seed and chunk and count, "usage: gen.lua <seed> <chunk> <count> [upto k | only k | last n k]")
+assert(seed and chunk and count,
+  "usage: gen.lua <seed> <chunk> <count> [upto k | only k | last n k]")
 local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "fuzz"
 if here:sub(1, 1) ~= "/" then here = os.getenv("PWD") .. "/" .. here end
 
@@ -140,7 +141,8 @@ for _, m in ipairs({ "future", "lock", "queue", "semaphore", "timer" }) do
     if CONSTRUCTORS[n] then
       add({ name = name, key = m .. "." .. n, expr = name, slot = slot })
     else
-      add({ name = name, key = m .. "." .. n, method = n, self = { "O." .. slot }, class = name:match("^(.*)%.") })
+      add({ name = name, key = m .. "." .. n, method = n, self = { "O." .. slot },
+            class = name:match("^(.*)%.") })
     end
   end
 end

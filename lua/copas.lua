@@ -414,7 +414,8 @@ local exiting        -- nil until the first loop, as upstream
 local exit_waiters   -- coroutines in waitforexit; nil until the first loop
 
 local function not_looping()
-  error("copas has no exit signal before the first copas.loop() (attempt to index a nil value 'exit_semaphore')", 3)
+  error("copas has no exit signal before the first copas.loop() "
+    .. "(attempt to index a nil value 'exit_semaphore')", 3)
 end
 
 function copas.exit()

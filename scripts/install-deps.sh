@@ -9,6 +9,7 @@ PACKAGES=(
   lua5.1 lua5.2 lua5.3 lua5.4 luajit       # the five runtimes
   lua-socket lua-sec lua-coxpcall           # what copas programs and upstream's tests use
   lua-system lua-term lua-busted            # busted and its C modules (for every version)
+  lua-check lua-ldoc                        # make lint (luacheck), make docs (ldoc)
   luarocks                                  # the rock install test; luarocks insists on
   liblua5.1-0-dev liblua5.2-dev liblua5.3-dev liblua5.4-dev libluajit-5.1-dev  # lua.h to build
   libssl-dev pkg-config gcc make            # TLS in the core, linking the cdylib

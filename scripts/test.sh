@@ -3,18 +3,21 @@
 #
 #   1. installs missing Debian packages (scripts/install-deps.sh) and checks the Rust toolchain;
 #   2. builds the five runtimes (make build LUA=5.1 .. jit);
-#   3. cargo fmt --check, and cargo clippy -D warnings once per runtime; the Rust unit tests;
+#   3. luacheck (make lint), cargo fmt --check, and cargo clippy -D warnings once per runtime;
+#      the Rust unit tests;
 #   4. busted (spec/*_spec.lua, one process per file) on each runtime, TAP output, with that
 #      runtime's tree alone on LUA_PATH/LUA_CPATH;
 #   5. a short seeded fuzz run per runtime (scripts/fuzz.sh, FUZZ_CALLS calls, default 10000);
 #   6. installs the rock into a temporary tree and runs a small loop from it (scripts/test-rock.sh).
 #
 # Ends with a line `N passed, N failed`: busted tests (over all runtimes) plus one for each
-# other check (build, fmt, clippy, unit, fuzz, rock install). Exits non-zero if anything failed.
+# other check (build, luacheck, fmt, clippy, unit, fuzz, rock install). Exits non-zero if
+# anything failed.
 #
 # Environment: TEST_LUA="5.4 jit" limits the runtimes; SPEC_TIMEOUT (seconds per spec file and
 # runtime, default 180); TEST_BUDGET (seconds for the whole run, default 4500);
-# SKIP_DEPS=1 skips the apt step; SKIP_LINT=1 skips fmt and clippy; FUZZ_CALLS (per runtime).
+# SKIP_DEPS=1 skips the apt step; SKIP_LINT=1 skips luacheck, fmt and clippy; FUZZ_CALLS (per
+# runtime).
 set -u
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -74,6 +77,9 @@ done
 
 # --- 3. lint ---------------------------------------------------------------------------------
 if [ "${SKIP_LINT:-0}" != 1 ]; then
+  section "luacheck (make lint)"
+  make --no-print-directory lint LUACHECK_FLAGS=--no-color 2>&1 | tee "$LOGDIR/luacheck.log"
+  record "luacheck (make lint)" "${PIPESTATUS[0]}"
   section "cargo fmt --check"
   if cargo fmt --check; then record "cargo fmt --check" 0; else record "cargo fmt --check" 1; fi
   for v in "${RUNTIMES[@]}"; do

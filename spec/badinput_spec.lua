@@ -12,8 +12,6 @@
 -- '<fn>' (<type> expected, got <type>)" where upstream fails late or not at all; upstream's own
 -- assert messages and nil+message results stay). Messages are matched without the position prefix.
 local helper = require("spec.helper")
-local system = require("system")
-local clock = system.gettime
 
 local PUBLIC = {
   "addnamedthread", "addserver", "addthread", "cancelall", "close", "connect", "dohandshake",
@@ -462,7 +460,8 @@ describe("errors that come from the core", function()
   local copas
   before_each(function() copas = helper.fresh_copas() end)
 
-  it("semaphore.destroy on another object raises \"bad argument #1 to 'destroy' (semaphore expected, got table)\"", function()
+  it("semaphore.destroy on another object raises \"bad argument #1 to 'destroy' "
+    .. "(semaphore expected, got table)\"", function()
     local ok, err = pcall(copas.semaphore.destroy, {})
     assert.is_false(ok)
     assert.equal("string", type(err))

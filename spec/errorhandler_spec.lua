@@ -4,7 +4,6 @@
 -- Bug fixes (fail on upstream): an error inside an error handler -- including a `print` that
 -- raises -- never stops the loop; other threads carry on.
 local helper = require("spec.helper")
-local system = require("system")
 
 local run = helper.loop
 

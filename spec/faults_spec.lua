@@ -31,7 +31,7 @@ local function echo_server(copas, outcomes)
   copas.addserver(srv, copas.handler(function(skt)
     local hello = skt:receive("*l")
     local tag = hello and hello:match("^HELLO (.+)$") or "?"
-    local total, outcome = 0, nil
+    local total, outcome = 0
     while true do
       local data, err, part = skt:receivepartial(65536)
       local chunk = data or part

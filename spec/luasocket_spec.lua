@@ -5,8 +5,7 @@ local helper = require("spec.helper")
 local socket = require("socket")
 
 describe("socket.newtry / socket.try after require('copas')", function()
-  local copas
-  setup(function() copas = helper.fresh_copas() end)
+  setup(function() helper.fresh_copas() end)
 
   it("returns all its arguments when the first is truthy", function()
     assert.same({ 1, 2, 3 }, { socket.try(1, 2, 3) })
@@ -49,6 +48,7 @@ describe("socket.protect after require('copas')", function()
     assert.is_false(ok)
     assert.equal(obj, err)
     ok, err = pcall(socket.protect(function() error("plain", 0) end))
+    assert.is_false(ok)
     assert.equal("plain", err)
   end)
 

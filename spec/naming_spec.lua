@@ -1,7 +1,6 @@
 -- Specs for copas.setthreadname / getthreadname / setsocketname / getsocketname, used with
 -- coroutines and non-socket objects (behaviour contract §6, §12, §15.13).
 local helper = require("spec.helper")
-local system = require("system")
 
 local run = helper.loop
 

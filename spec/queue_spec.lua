@@ -385,7 +385,7 @@ describe("queue:get_workers()", function()
     local before, after
     run(copas, function()
       local w1 = q:add_worker(function() end)
-      local w2 = q:add_worker(function() error("stop here") end)
+      q:add_worker(function() error("stop here") end)  -- w2
       before = q:get_workers()
       copas.pause(0.05)  -- both wait in pop now, w1 first in line
       q:push(1)

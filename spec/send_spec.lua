@@ -200,7 +200,7 @@ describe("copas.send on an object that only claims to be a LuaSocket connection"
     debug.setmetatable(b, {
       __tostring = function() return "tcp{client}: 0x1" end,
       __index = {
-        send = function(_, data, i) calls[#calls + 1] = data; return #data end,
+        send = function(_, data) calls[#calls + 1] = data; return #data end,
         getfd = function() return -1 end,
         settimeout = function() end,
       },

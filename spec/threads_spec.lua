@@ -1,17 +1,8 @@
 -- Specs for copas.addthread, copas.addnamedthread, copas.removethread and the identity of the
 -- coroutine a thread body runs in (behaviour contract §2.7, §4.10, §15.1).
 local helper = require("spec.helper")
-local system = require("system")
-local clock = system.gettime
 
 local run = helper.loop
-
--- steps until cond() is true, or `limit` seconds passed; returns cond()'s final value
-local function step_until(copas, cond, limit)
-  local deadline = clock() + (limit or 2)
-  while not cond() and clock() < deadline do copas.step(0.01) end
-  return cond()
-end
 
 describe("copas.addthread", function()
   local copas

@@ -26,7 +26,7 @@ local server = assert(socket.bind("127.0.0.1", port, 16))
 copas.addserver(server, function(c)
   local t0 = socket.gettime()
   c = copas.wrap(c)
-  local total, ok, last = 0, true, "?"
+  local total, ok, last = 0, true
   local function check(s)
     local n = #s
     if n == 0 then return end

@@ -2,6 +2,7 @@
 -- Compatible with Copas 4.11's `copas.future`: the contract is ../shared/docs/copas-behaviour.md
 -- §9.5 (beside this repository); README.md lists the upstream bug fixed here, with its
 -- regression spec (spec/future_spec.lua).
+-- @module copas.future
 local copas = require("copas")
 local semaphore = require("copas.semaphore")
 
@@ -39,6 +40,9 @@ setmetatable(M, {
 
 local future = {}
 future.__index = future
+
+--- A future, as `addthread` and `addnamedthread` return it.
+-- @type future
 
 --- Calling a future is the same as calling its `get` method.
 future.__call = function(self, ...)
@@ -102,9 +106,12 @@ local function is_callable(value)
 end
 
 
+--- @section end
+
 --- Like `copas.addnamedthread`, but returns a future for the function's results.
 -- @param name the thread name (passed on as is)
 -- @param func the function to run
+-- @param ... the arguments to call it with
 -- @return the future
 function M.addnamedthread(name, func, ...)
   if not is_callable(func) then

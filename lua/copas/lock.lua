@@ -6,6 +6,7 @@
 -- The waiting line is the core's, as a semaphore's (lua/copas/line.lua): a waiter yields once
 -- and the core ends its wait with a hand-over, its timeout or the lock's destruction. The owner
 -- and its re-entrancy count are kept here.
+-- @module copas.lock
 local copas = require("copas")
 local line = require("copas.line")
 
@@ -79,6 +80,9 @@ local function wait_in_line(self, timeout, co)
   return waited  -- `release` made us the owner already, before we ran
 end
 
+
+--- A lock, as `new` returns it.
+-- @type lock
 
 --- Acquires the lock, waiting in line if another thread holds it.
 -- @param timeout (optional) seconds to wait, defaults to the lock's timeout;

@@ -2,6 +2,7 @@
 -- Compatible with Copas 4.11's `copas.queue`: the contract is ../shared/docs/copas-behaviour.md
 -- §9.3 (beside this repository); README.md lists the upstream bug fixed here, with its
 -- regression spec (spec/queue_spec.lua).
+-- @module copas.queue
 local copas = require("copas")
 
 local gettime = copas.gettime    -- captured once, like upstream
@@ -70,6 +71,9 @@ function Queue.new(opts)
   }, Queue)
 end
 
+
+--- A queue, as `new` returns it.
+-- @type Queue
 
 --- Pushes an item (which may be nil).
 -- @return true, or nil + "stopping"/"destroyed"

@@ -2,6 +2,7 @@
 -- Compatible with Copas 4.11's `copas.semaphore`: the contract is ../shared/docs/copas-behaviour.md
 -- §9.2 (beside this repository); README.md lists the upstream bugs fixed here, with their
 -- regression specs (spec/semaphore_spec.lua).
+-- @module copas.semaphore
 local copas = require("copas")
 
 local DEFAULT_TIMEOUT = 10
@@ -69,6 +70,9 @@ function semaphore.new(max, start, seconds)
   return self
 end
 
+
+--- A semaphore, as `new` returns it.
+-- @type semaphore
 
 --- Gives resources back. Over `max` the count is capped, and "too many" is returned
 -- (the resources up to the cap are still added and waiters still released).

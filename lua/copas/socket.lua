@@ -187,7 +187,7 @@ return function(copas, shared)
     local pieces, n = { part }, part ~= nil and 1 or 0
     local got = type(part) == "string" and #part or 0
     local deadline = deadline_for(read_timeouts[skt])
-    local ready, failed, data = true, nil, nil
+    local ready, failed, data = true
     while true do
       ready, failed = wait_again(skt, OP_READ, deadline, ready, err)
       if failed then return nil, failed, join(pieces, n) end
@@ -208,7 +208,7 @@ return function(copas, shared)
   end
 
   -- Plain LuaSocket TCP connections are read and written by the core on the descriptor, with
-  -- copas's own buffer (src/luasocket.rs): no failed recv before each wait, no per-call clock reads.
+  -- copas's own buffer (src/luasocket.rs): no failed recv before a wait, no per-call clock reads.
   -- A connection is taken over only while LuaSocket's own buffer is empty, so no data is
   -- reordered; other objects (LuaSec, proxies, UDP) go through their own methods.
   local adopted = setmetatable({}, { __mode = "k" })   -- connection -> its descriptor
@@ -349,7 +349,7 @@ return function(copas, shared)
     spend(err)
     if last or not RETRY[err] then return last, err, sent end
     local deadline = deadline_for(send_timeouts[skt])
-    local ready, failed = true, nil
+    local ready, failed = true
     while true do
       ready, failed = wait_again(skt, OP_WRITE, deadline, ready, err)
       if failed then return nil, failed, sent end
@@ -373,7 +373,7 @@ return function(copas, shared)
 
   -- Tries one address until connected, failed or out of time (the third result tells).
   local function connect_to(skt, host, port, deadline)
-    local tries, ready, failed, timed_out = 0, true, nil, nil
+    local tries, ready, failed, timed_out = 0, true
     while true do
       local ok, err = skt:connect(host, port)
       tries = tries + 1

@@ -2,6 +2,7 @@
 -- Compatible with Copas 4.11's `copas.timer`: the contract is ../shared/docs/copas-behaviour.md
 -- §9.4 (beside this repository); README.md lists the upstream bugs fixed here, with their
 -- regression specs (spec/timer_spec.lua).
+-- @module copas.timer
 local copas = require("copas")
 
 local coroutine_running = getmetatable(copas).internal.running
@@ -68,6 +69,9 @@ local function expire(self, initial_delay)
 end
 
 
+--- A timer, as `new` returns it.
+-- @type timer
+
 --- Arms the timer (again).
 -- @param initial_delay (optional) the first delay, defaults to the timer's delay
 -- @return the timer, or nil + "already armed"
@@ -114,6 +118,8 @@ do
   local function report(err)
     return copas.geterrorhandler()(err, coroutine_running(), nil)
   end
+
+  --- @section end
 
   --- Creates a timer and arms it.
   -- @param opts table with `delay` (seconds), `callback` (`function(timer, params)`),

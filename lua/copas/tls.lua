@@ -48,7 +48,8 @@ return function(copas, shared)
   local function ssl_wrap(skt, params)
     if tostring(skt):sub(1, 3) == "SSL" then return skt end
     if not params then
-      error("cannot wrap socket into a secure socket (using 'ssl.wrap()') without parameters/context", 3)
+      error("cannot wrap socket into a secure socket (using 'ssl.wrap()') without "
+        .. "parameters/context", 3)
     end
     local ssl = require("ssl")
     local nskt = assert(ssl.wrap(skt, params))
@@ -68,7 +69,7 @@ return function(copas, shared)
     skt = unwrap(skt)
     local nskt = ssl_wrap(skt, wrap_params)
     local deadline = deadline_for(connect_timeouts[nskt])
-    local ready, failed, timed_out = true, nil, nil
+    local ready, failed, timed_out = true
     while true do
       local ok, err = nskt:dohandshake()
       if ok then return nskt end

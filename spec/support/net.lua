@@ -123,10 +123,10 @@ function net.recorder(skt, map_error)
     call.last, call.err, call.sent = last, err, sent
     return last, err, sent
   end
-  function proxy:getfd() return skt:getfd() end
-  function proxy:dirty() return skt:dirty() end
-  function proxy:settimeout(...) return skt:settimeout(...) end
-  function proxy:close(...) return skt:close(...) end
+  function proxy.getfd(_) return skt:getfd() end
+  function proxy.dirty(_) return skt:dirty() end
+  function proxy.settimeout(_, ...) return skt:settimeout(...) end
+  function proxy.close(_, ...) return skt:close(...) end
   -- the largest prefix passed to the inner receive
   function proxy:max_prefix()
     local m = 0
