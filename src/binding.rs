@@ -18,7 +18,7 @@ use std::rc::Rc;
 
 use mlua::{ffi, AnyUserData, Function, Lua, MultiValue, Table, Thread, Value, WeakLua};
 
-use crate::core::Core;
+use crate::core::{keep_for_process, Core};
 use crate::errors;
 use crate::luasocket::{self, Pattern, Received};
 use crate::protocol::{self, MODE_ALL, MODE_LINE};
@@ -29,7 +29,7 @@ struct Instance<'a> {
     lua: &'a Lua,
     table: Table,
     core: Rc<Core>,
-    /// The mlua state, for the wrappers to see that it is gone (leaked: a pointer's worth).
+    /// The mlua state, for the wrappers to see that it is gone (kept for the process).
     open: &'static WeakLua,
 }
 
@@ -60,7 +60,7 @@ pub fn new_instance(lua: &Lua) -> mlua::Result<Table> {
         lua,
         table: lua.create_table()?,
         core: Rc::new(Core::new(lua, protocol::token())?),
-        open: Box::leak(Box::new(lua.weak())),
+        open: keep_for_process(lua.weak()),
     };
     instance.core.handle.set(Rc::as_ptr(&instance.core));
     add_task_functions(&instance)?;

@@ -20,6 +20,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::os::raw::c_void;
+use std::sync::Mutex;
 
 use mlua::{Lua, Table, WeakLua};
 use slab::Slab;
@@ -53,9 +54,23 @@ pub struct Core {
     /// The mlua state; gone while the interpreter closes (see `lua_is_open`).
     lua: WeakLua,
     /// Where the plain C functions of `binding.rs` find this core: set once it is in its `Rc`,
-    /// cleared when it is dropped. Leaked (a pointer a core), so those functions can always
-    /// read it, also after the core is gone.
+    /// cleared when it is dropped. Kept for the process (`keep_for_process`), so those
+    /// functions can always read it, also after the core is gone.
     pub(crate) handle: &'static Cell<*const Core>,
+}
+
+/// The addresses of the values `keep_for_process` keeps, so that they stay reachable.
+static KEPT: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+
+/// Keeps `value` for the life of the process: a few bytes an instance, which the plain C
+/// functions and the wrappers of an instance read, also while the interpreter closes, after the
+/// instance itself is gone. Listed in `KEPT`, they are kept, not lost (valgrind).
+pub(crate) fn keep_for_process<T: 'static>(value: T) -> &'static T {
+    let kept: &'static T = Box::leak(Box::new(value));
+    if let Ok(mut list) = KEPT.lock() {
+        list.push(kept as *const T as usize);
+    }
+    kept
 }
 
 impl Drop for Core {
@@ -153,7 +168,7 @@ impl Core {
             values: ValueBox::new(lua)?,
             token,
             lua: lua.weak(),
-            handle: Box::leak(Box::new(Cell::new(std::ptr::null()))),
+            handle: keep_for_process(Cell::new(std::ptr::null())),
         })
     }
 }
