@@ -33,6 +33,8 @@ mod stats;
 mod status;
 mod stepping;
 mod tasks;
+#[cfg(test)]
+mod test_rng;
 mod timeouts;
 mod timers;
 

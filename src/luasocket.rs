@@ -365,21 +365,7 @@ mod tests {
     use super::*;
     use std::collections::VecDeque;
 
-    /// xorshift64*: enough randomness for a property test, with the seed in each failure.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        }
-
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-    }
+    use crate::test_rng::Rng;
 
     #[derive(Clone, Copy, Debug, PartialEq)]
     enum End {

@@ -374,17 +374,7 @@ mod tests {
         assert_eq!(give(&mut s, 2.0, all), vec![A, C]);
     }
 
-    /// xorshift64*, with the seed in each failure.
-    struct Rng(u64);
-
-    impl Rng {
-        fn below(&mut self, n: u64) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
-        }
-    }
+    use crate::test_rng::Rng;
 
     #[test]
     fn random_takes_gives_and_departures_keep_the_line_honest() {

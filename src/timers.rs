@@ -138,17 +138,7 @@ impl Deadlines {
 mod tests {
     use super::*;
 
-    /// xorshift64*: enough randomness to shuffle pushes, with the seed in each failure.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        }
-    }
+    use crate::test_rng::Rng;
 
     fn drain(d: &mut Deadlines, now: u64) -> Vec<Entry> {
         std::iter::from_fn(|| d.pop_due(now)).collect()
