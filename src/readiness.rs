@@ -58,19 +58,12 @@ impl Sched {
         write: bool,
     ) {
         list.retain(|&(key, gen)| {
-            let receive = match self.task(key, gen) {
-                Some(t) => match t.wait {
-                    Wait::Io {
-                        fd: f,
-                        write: w,
-                        receive,
-                        ..
-                    } if f == fd && w == write => receive,
-                    _ => return false,
-                },
-                None => return false,
-            };
-            if receive && !self.finish_receive(key, false) {
+            let waiting = matches!(self.task(key, gen),
+                Some(t) if matches!(t.wait, Wait::Io { fd: f, write: w, .. } if f == fd && w == write));
+            if !waiting {
+                return false;
+            }
+            if !self.finish_receive(key, false) {
                 still_waiting.push((key, gen));
                 return false;
             }
@@ -79,36 +72,38 @@ impl Sched {
         });
     }
 
-    /// Runs the receive task `key` asked the core to finish, and keeps its result for the
-    /// task's resume; false when it must wait on. `partial`: the last try before the deadline,
-    /// which hands over what arrived (LuaSocket's partial result).
+    /// Runs the receive task `key` asked the core to finish, if it asked one, and keeps the
+    /// result for its resume; false when it must wait on. `partial`: the last try before the
+    /// deadline, which hands over what arrived (LuaSocket's partial result).
     pub(crate) fn finish_receive(&mut self, key: usize, partial: bool) -> bool {
-        let Some(slot) = self.tasks[key].receive.take() else {
-            return true;
+        let ask = match self.tasks[key].receive.as_deref() {
+            Some(Receive::Asked(ask)) => *ask,
+            _ => return true,
         };
-        let Receive::Asked(ask) = *slot else {
-            self.tasks[key].receive = Some(slot);
-            return true;
-        };
-        let received = self.receive_for(ask, partial);
-        let done = !matches!(received, Received::WouldBlock(_)) || partial;
-        let mut slot = slot;
-        *slot = if done {
-            Receive::Done(received)
-        } else {
-            Receive::Asked(ask)
-        };
-        self.tasks[key].receive = Some(slot);
-        done
+        let received = self.receive_on(ask.skt, ask.pattern, ask.have, partial);
+        if matches!(received, Received::WouldBlock(_)) && !partial {
+            return false;
+        }
+        if let Some(slot) = self.tasks[key].receive.as_deref_mut() {
+            *slot = Receive::Done(received);
+        }
+        true
     }
 
-    fn receive_for(&mut self, ask: ReceiveAsk, partial: bool) -> Received {
-        let (owner, fd) = luasocket_fd(ask.skt);
+    /// `receive` on the connection of the LuaSocket object at `skt`, read directly. `have` is
+    /// the length of the caller's prefix. See `binding.rs` for the results.
+    pub(crate) fn receive_on(
+        &mut self,
+        skt: *const c_void,
+        pattern: Pattern,
+        have: usize,
+        partial: bool,
+    ) -> Received {
+        let (owner, fd) = luasocket_fd(skt);
         if fd < 0 {
             return Received::Failed("closed", Vec::new());
         }
-        self.sockets
-            .receive(fd, owner, ask.pattern, ask.have, partial)
+        self.sockets.receive(fd, owner, pattern, have, partial)
     }
 
     /// OP_RECEIVE: the task waits for the core to finish its receive on the connection `skt`
@@ -133,9 +128,6 @@ impl Sched {
             Pattern::Count(pattern.max(0.0) as usize)
         };
         let have = have.max(0.0) as usize;
-        if let Wait::Io { receive, .. } = &mut self.tasks[key].wait {
-            *receive = true;
-        }
         let ask = Receive::Asked(ReceiveAsk { skt, pattern, have });
         self.tasks[key].receive = Some(Box::new(ask));
         true
@@ -166,12 +158,7 @@ impl Sched {
         let at = self.deadline_at(at);
         let gen = self.tasks[key].gen;
         self.sockets.add_waiter(fd, write, (key, gen));
-        self.tasks[key].wait = Wait::Io {
-            fd,
-            write,
-            at,
-            receive: false,
-        };
+        self.tasks[key].wait = Wait::Io { fd, write, at };
         self.io_waiting += 1;
         self.push_deadline(key, at);
         true
@@ -308,8 +295,7 @@ impl Core {
         })
     }
 
-    /// `receive` on a connection read directly (the LuaSocket object at `skt`). `have` is the
-    /// length of the caller's prefix. See `binding.rs` for the results.
+    /// `receive` on a connection read directly (see `Sched::receive_on`).
     pub fn recv(
         &self,
         skt: *const c_void,
@@ -317,11 +303,7 @@ impl Core {
         have: usize,
         partial: bool,
     ) -> Received {
-        let (owner, fd) = luasocket_fd(skt);
-        if fd < 0 {
-            return Received::Failed("closed", Vec::new());
-        }
-        self.with_sched(|s| s.sockets.receive(fd, owner, pattern, have, partial))
+        self.with_sched(|s| s.receive_on(skt, pattern, have, partial))
     }
 
     /// `send(data, i, j)` on a LuaSocket TCP connection (see `luasocket::send`).

@@ -58,13 +58,12 @@ pub(crate) enum Wait {
     SleepingUnbounded,
     /// `pauseforever()`: until woken; does not keep the loop alive by itself.
     Forever,
-    /// Waiting for readiness of `fd`, at most until `at`; with `receive`, for the core to
-    /// finish the receive in `Task::receive` (OP_RECEIVE).
+    /// Waiting for readiness of `fd`, at most until `at` (with `Task::receive` asked, for
+    /// the core to finish that receive: OP_RECEIVE).
     Io {
         fd: RawFd,
         write: bool,
         at: Option<u64>,
-        receive: bool,
     },
     /// Waiting for a name lookup, at most until `at`.
     Lookup {

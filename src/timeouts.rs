@@ -94,14 +94,10 @@ impl Sched {
     /// readiness never resumes it, upstream bug #208) and its yield returns 0.
     pub(crate) fn expire_task(&mut self, key: usize) {
         match self.tasks[key].wait {
-            Wait::Io {
-                fd, write, receive, ..
-            } => {
+            Wait::Io { fd, write, .. } => {
                 let gen = self.tasks[key].gen;
                 self.sockets.remove_waiter(fd, write, (key, gen));
-                if receive {
-                    self.finish_receive(key, true);
-                }
+                self.finish_receive(key, true);
                 self.end_io_wait(key, false, true);
             }
             Wait::Lookup { .. } => self.end_io_wait(key, false, true),

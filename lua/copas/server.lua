@@ -9,6 +9,8 @@
 
 return function(copas, shared)
   local sched = shared.sched
+  local ACCEPTED, NOTHING_TO_ACCEPT, ACCEPT_FAILED =
+    shared.core.ACCEPTED, shared.core.NOTHING_TO_ACCEPT, shared.core.ACCEPT_FAILED
   local names, name_of, task_ids = shared.names, shared.name_of, shared.task_ids
   local traced = shared.traced
   local argerror, is_callable = shared.argerror, shared.is_callable
@@ -26,15 +28,15 @@ return function(copas, shared)
   local autoclose = setmetatable({}, { __mode = "k" })     -- handler coroutine -> client socket
   local autoclose_of = setmetatable({}, { __mode = "k" })  -- client socket -> handler coroutine
 
-  -- The core calls this for a server whose accept may succeed. 1: accepted one (try again next
-  -- step); 0: nothing waiting; 2: accept failed (e.g. no descriptors left: retried a bit later).
+  -- The core calls this for a server whose accept may succeed: ACCEPTED (try again next step),
+  -- NOTHING_TO_ACCEPT, or ACCEPT_FAILED (e.g. no descriptors left: retried a bit later).
   local function accept_one(fd)
     local server = server_at[fd]
     local srv = server and servers[server]
-    if not srv then return 0 end
+    if not srv then return NOTHING_TO_ACCEPT end
     local ok, client, err = pcall(server.accept, server)
     if not (ok and client) then
-      return ok and err == "timeout" and 0 or 2
+      return ok and err == "timeout" and NOTHING_TO_ACCEPT or ACCEPT_FAILED
     end
     srv.count = srv.count + 1
     local base = name_of(server)
@@ -52,7 +54,7 @@ return function(copas, shared)
       sched.watch_exit(id)
     end
     sched.run_now(id, client)
-    return 1
+    return ACCEPTED
   end
   sched.set_accept_hook(accept_one)
 
