@@ -13,11 +13,10 @@ local line = {
   take = core.take,          -- (id, requested) -> true | false (wait) | "too many"; count
   give = core.give,          -- (id, amount) -> true | "too many"; count
   counts = core.counts,      -- (id) -> count, resources waited for minus count, released
-  wait = core.wait,          -- (co, id, requested, timeout, count) -> GRANTED|TIMED_OUT|DESTROYED
   hand_over = core.hand_over, -- (id) -> the waiter given one resource, or nil
-  GRANTED = core.GRANTED,
-  TIMED_OUT = core.TIMED_OUT,
 }
+
+local core_wait, GRANTED, TIMED_OUT = core.wait, core.GRANTED, core.TIMED_OUT
 
 local collected = {}
 
@@ -52,7 +51,26 @@ function line.new(max, start)
   return id, finalizer_for(id)
 end
 
---- Ends the line now: its waiters' waits return DESTROYED.
+--- Waits in line `id` of `owner` (a semaphore or a lock) for `requested` resources, at most
+-- `timeout` seconds; `count`, when given, is the count the owner kept while nobody waited.
+-- The waiting thread `co` is kept in `owner.waiting` meanwhile, so that it lives as long as
+-- the owner that may serve it.
+-- @return true, or nil + "timeout" or "destroyed" (also when served, then destroyed before it ran)
+function line.wait(owner, co, id, requested, timeout, count)
+  local waiting = owner.waiting  -- still there if the owner is destroyed meanwhile
+  waiting[co] = true
+  local outcome = core_wait(co, id, requested, timeout, count)
+  waiting[co] = nil
+  if outcome == TIMED_OUT then
+    return nil, "timeout"
+  end
+  if outcome ~= GRANTED or owner.destroyed then
+    return nil, "destroyed"
+  end
+  return true
+end
+
+--- Ends the line now: its waiters' waits return "destroyed".
 function line.destroy(id)
   core.remove(id, true)
 end

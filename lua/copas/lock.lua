@@ -23,8 +23,7 @@ local destroyed_mt = getmetatable(copas).internal.destroyed_mt
 -- wait (the main thread), so that no ghost waiter is left behind.
 local waiting_thread = getmetatable(copas).internal.waiting_thread
 
-local line_wait, hand_over, GRANTED, TIMED_OUT =
-  line.wait, line.hand_over, line.GRANTED, line.TIMED_OUT
+local line_wait, hand_over = line.wait, line.hand_over
 
 local DEFAULT_TIMEOUT = 10
 
@@ -65,17 +64,11 @@ end
 -- timeout passes or the lock is destroyed. Kept out of `get`, whose fast path LuaJIT can then
 -- compile.
 local function wait_in_line(self, timeout, co)
-  local waiting = self.waiting  -- still there if the lock is destroyed meanwhile
-  waiting[co] = true
   local start_time = gettime()
-  local outcome = line_wait(co, self.line, 1, timeout, 0)
+  local ok, err = line_wait(self, co, self.line, 1, timeout, 0)
   local waited = gettime() - start_time
-  waiting[co] = nil
-  if outcome == TIMED_OUT then
-    return nil, "timeout", waited
-  end
-  if outcome ~= GRANTED or self.destroyed then  -- also when handed over, then destroyed
-    return nil, "destroyed", waited
+  if not ok then
+    return nil, err, waited
   end
   return waited  -- `release` made us the owner already, before we ran
 end

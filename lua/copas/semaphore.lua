@@ -33,9 +33,7 @@ local waiting_thread = getmetatable(copas).internal.waiting_thread
 -- them); a waiter hands it to the core (`in_core`), and a call that finds no waiter left in
 -- line takes it back.
 local line = require("copas.line")
-local core_take, core_give, core_counts, core_wait = line.take, line.give, line.counts, line.wait
-
-local GRANTED, TIMED_OUT = line.GRANTED, line.TIMED_OUT
+local core_take, core_give, core_counts, line_wait = line.take, line.give, line.counts, line.wait
 
 
 --- Creates a new semaphore.
@@ -113,23 +111,17 @@ end
 -- The slow path of `take`: wait in line for an outcome. Kept out of `take`, whose fast path
 -- LuaJIT can then compile.
 local function wait_in_line(self, requested, timeout, co)
-  local waiting = self.waiting  -- still there if the semaphore is destroyed meanwhile
-  waiting[co] = true
   local handed_over = not self.in_core and self.count or nil
   self.in_core = true
-  local outcome = core_wait(co, self.id, requested, timeout, handed_over)
-  waiting[co] = nil
+  local ok, err = line_wait(self, co, self.id, requested, timeout, handed_over)
   if self.in_core and not self.destroyed then
     local count, _, released = core_counts(self.id)
     if released then
       self.count, self.in_core = count, false
     end
   end
-  if outcome == TIMED_OUT then
-    return nil, "timeout"
-  end
-  if outcome ~= GRANTED or self.destroyed then  -- also when served, then destroyed before it ran
-    return nil, "destroyed"
+  if not ok then
+    return nil, err
   end
   return true
 end
