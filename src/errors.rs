@@ -13,6 +13,8 @@ use std::os::raw::{c_int, c_void};
 
 use mlua::{ffi, Error, Function, Lua, MultiValue, Value, WeakLua};
 
+use crate::protect_slots;
+
 /// The results of a core function for `plain_errors`: `true` and its results, or `false` and
 /// the message of its error.
 pub fn as_results(
@@ -126,10 +128,20 @@ unsafe extern "C-unwind" fn call_with_plain_errors(l: *mut ffi::lua_State) -> c_
             ffi::lua_error(l);
         }
         let n = ffi::lua_gettop(l);
-        ffi::lua_checkstack(l, 2);
+        ffi::lua_checkstack(l, 4);
+        // Below the call: what mlua's protected-call slots held (`protect_slots.rs`).
+        let saved = protect_slots::save(l);
+        for _ in 0..saved {
+            ffi::lua_insert(l, 1);
+        }
         ffi::lua_pushvalue(l, ffi::lua_upvalueindex(1));
-        ffi::lua_insert(l, 1);
-        if ffi::lua_pcall(l, n, ffi::LUA_MULTRET, 0) == ffi::LUA_OK {
+        ffi::lua_insert(l, saved + 1);
+        let status = ffi::lua_pcall(l, n, ffi::LUA_MULTRET, 0);
+        protect_slots::restore(l, saved);
+        for _ in 0..saved {
+            ffi::lua_remove(l, 1);
+        }
+        if status == ffi::LUA_OK {
             if ffi::lua_toboolean(l, 1) != 0 {
                 ffi::lua_remove(l, 1);
                 return ffi::lua_gettop(l);

@@ -21,6 +21,7 @@ mod errors;
 mod forever;
 mod hooks;
 mod luasocket;
+mod protect_slots;
 mod protocol;
 mod reactor;
 mod readiness;
@@ -57,6 +58,8 @@ fn copas_core(lua: &Lua) -> mlua::Result<Table> {
         "new",
         lua.create_function(|lua, ()| binding::new_instance(lua))?,
     )?;
+    // SAFETY: `exec_raw` gives the state with room for the three values `find` may push.
+    unsafe { lua.exec_raw::<()>((), |l| protect_slots::find(l)) }?;
     Ok(module)
 }
 
@@ -77,23 +80,37 @@ const RTLD_NOW: c_int = 2;
 const RTLD_NOLOAD: c_int = 4;
 const RTLD_NODELETE: c_int = 0x1000;
 
-/// Keeps this library mapped until the process exits. `lua_close` runs the finalizers of all
-/// objects in an order of its own, and LuaJIT unloads C modules among the first; a finalizer
-/// that calls copas after that (adding a thread, running the loop) would jump into unmapped
-/// code. Failing to pin only leaves the old behaviour.
-fn stay_loaded() {
+/// What the dynamic linker knows of the loaded object that holds `addr`.
+fn loaded_object_of(addr: *const c_void) -> Option<DlInfo> {
     let mut info = DlInfo {
         dli_fname: std::ptr::null(),
         dli_fbase: std::ptr::null_mut(),
         dli_sname: std::ptr::null(),
         dli_saddr: std::ptr::null_mut(),
     };
-    // SAFETY: `dladdr` fills `info` for an address inside this library (a function of it);
-    // `dlopen` with RTLD_NOLOAD only takes another reference to the already loaded library
-    // named by the path it gave, and RTLD_NODELETE keeps it loaded; the handle is never closed.
-    unsafe {
-        if dladdr(stay_loaded as *const c_void, &mut info) != 0 && !info.dli_fname.is_null() {
-            dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
-        }
+    // SAFETY: `dladdr` only fills `info`, for any address.
+    (unsafe { dladdr(addr, &mut info) } != 0).then_some(info)
+}
+
+/// Whether `addr` lies in this library (its code or its statics).
+#[cfg(feature = "lua51")]
+pub(crate) fn in_this_library(addr: *const c_void) -> bool {
+    let base = |a| loaded_object_of(a).map(|info| info.dli_fbase);
+    base(addr).is_some_and(|b| Some(b) == base(stay_loaded as *const c_void))
+}
+
+/// Keeps this library mapped until the process exits. `lua_close` runs the finalizers of all
+/// objects in an order of its own, and LuaJIT unloads C modules among the first; a finalizer
+/// that calls copas after that (adding a thread, running the loop) would jump into unmapped
+/// code. Failing to pin only leaves the old behaviour.
+fn stay_loaded() {
+    let Some(info) = loaded_object_of(stay_loaded as *const c_void) else {
+        return;
+    };
+    if !info.dli_fname.is_null() {
+        // SAFETY: `dlopen` with RTLD_NOLOAD only takes another reference to the already loaded
+        // library named by the path `dladdr` gave, and RTLD_NODELETE keeps it loaded; the
+        // handle is never closed.
+        unsafe { dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE) };
     }
 }
