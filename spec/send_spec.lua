@@ -104,6 +104,26 @@ describe("copas.send", function()
     end
   end)
 
+  it("completes a large send on a LuaSocket connection to a slow reader, every byte in order", function()
+    local a, b = net.pair()
+    local data = net.payload(6 * 1024 * 1024)
+    local result, received, ticks_during = nil, nil, 0
+    reader(copas, b, 64 * 1024, 0.002, function(d) received = d end)
+    copas.addthread(function()
+      while result == nil do
+        ticks_during = ticks_during + 1
+        copas.pause(0.01)
+      end
+    end)
+    helper.run(copas, function()
+      result = copas.send(a, data, 3, -3)
+      copas.close(a)
+    end, 60)
+    assert.equal(#data - 2, result)
+    assert.is_true(received == data:sub(3, -3), net.diff(data:sub(3, -3), received))
+    assert.is_true(ticks_during >= 3, "the loop ticked " .. ticks_during .. " times during the send")
+  end)
+
   it("returns nil, an error and the index of the last byte sent when the peer has closed", function()
     local a, b = net.pair()
     b:close()

@@ -44,6 +44,14 @@ pub const OP_RECEIVE: i64 = 8;
 pub const PATTERN_LINE: f64 = -1.0;
 pub const PATTERN_ALL: f64 = -2.0;
 
+/// Send on a LuaSocket TCP connection: the object is the sixth value of the yield and the data
+/// (a string) the seventh; `arg` its fd, `arg2` the deadline, `arg3` the index of the first
+/// byte still to send and `arg4` LuaSocket's `j` (none: to the end). The core writes whenever
+/// the fd becomes writable and resumes the coroutine once all of it went out (`true, last`),
+/// an error or `copas.close` stopped it (`false, err, last`; `false, "timeout", last` at the
+/// deadline).
+pub const OP_SEND: i64 = 9;
+
 /// The results of an OP_SEMAPHORE wait.
 pub const GRANTED: f64 = 1.0;
 pub const TIMED_OUT: f64 = 0.0;
@@ -71,6 +79,7 @@ pub fn export(module: &Table) -> mlua::Result<()> {
         ("OP_LOOKUP", OP_LOOKUP),
         ("OP_SEMAPHORE", OP_SEMAPHORE),
         ("OP_RECEIVE", OP_RECEIVE),
+        ("OP_SEND", OP_SEND),
         ("MODE_LINE", MODE_LINE),
         ("MODE_ALL", MODE_ALL),
         ("ACCEPTED", ACCEPTED),

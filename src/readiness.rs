@@ -3,10 +3,12 @@
 //! one deadline heap); the connections the core reads and writes itself; name lookups.
 //!
 //! Waiting: a coroutine tries the operation first and yields OP_READ/OP_WRITE only after it
-//! said "timeout"/"wantread"/"wantwrite". Readiness runs *every* waiter of that direction in
-//! order (each retries; an extra wake-up costs one failed try), so several readers of one
-//! socket are never stranded; a deadline takes the waiter off the fd's list. Writability is
-//! asked of epoll only while somebody waits to write (`Reactor::want_write`).
+//! said "timeout"/"wantread"/"wantwrite"; on a LuaSocket connection it yields OP_RECEIVE or
+//! OP_SEND instead, and the core finishes the transfer before it resumes the coroutine
+//! (`Transfer`). Readiness runs *every* waiter of that direction in order (each retries; an
+//! extra wake-up costs one failed try), so several readers of one socket are never stranded; a
+//! deadline takes the waiter off the fd's list. Writability is asked of epoll only while
+//! somebody waits to write (`Reactor::want_write`).
 
 use std::os::fd::RawFd;
 use std::os::raw::c_void;
@@ -22,10 +24,13 @@ use crate::sockets::Server;
 use crate::tasks::{guarded, unpack, TaskRef, Wait};
 use crate::timers::Target;
 
-/// The receive a waiting task asked the core to finish, then its result.
-pub(crate) enum Receive {
-    Asked(ReceiveAsk),
-    Done(Received),
+/// A receive or a send a waiting task asked the core to finish (OP_RECEIVE, OP_SEND), then
+/// its result, which the task's next resume returns.
+pub(crate) enum Transfer {
+    Receive(ReceiveAsk),
+    Send(SendAsk),
+    Received(Received),
+    Sent(Sent),
 }
 
 /// A receive a waiting task asked the core to finish (OP_RECEIVE): on the LuaSocket object at
@@ -38,6 +43,20 @@ pub(crate) struct ReceiveAsk {
     pub(crate) have: usize,
 }
 
+/// A send a waiting task asked the core to finish (OP_SEND): the bytes `next..=end` of `data`
+/// (LuaSocket's indexes, see `luasocket::send`) on the LuaSocket object at `skt`. The waiting
+/// coroutine holds the object and the string, so both stay valid while it waits.
+#[derive(Clone, Copy, PartialEq, Debug)]
+pub(crate) struct SendAsk {
+    pub(crate) skt: *const c_void,
+    pub(crate) data: *const [u8],
+    pub(crate) next: f64,
+    pub(crate) end: Option<f64>,
+}
+
+/// What a send came to: the index of the last byte sent, and the error that stopped it.
+pub(crate) type Sent = (f64, Option<&'static str>);
+
 /// How long an accept that failed (descriptors ran out) waits before it is tried again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -48,8 +67,8 @@ impl Sched {
     }
 
     /// The waiters in `list` still waiting on this fd and direction, made ready to run now. A
-    /// waiter whose receive the core finishes (OP_RECEIVE) is claimed only once the receive is
-    /// complete; otherwise it stays in `still_waiting`, without having been resumed.
+    /// waiter whose receive or send the core finishes (OP_RECEIVE, OP_SEND) is claimed only
+    /// once that is complete; otherwise it stays in `still_waiting`, without having been resumed.
     pub(crate) fn claim_waiters(
         &mut self,
         list: &mut Vec<TaskRef>,
@@ -63,7 +82,7 @@ impl Sched {
             if !waiting {
                 return false;
             }
-            if !self.finish_receive(key, false) {
+            if !self.finish_transfer(key, false) {
                 still_waiting.push((key, gen));
                 return false;
             }
@@ -72,22 +91,26 @@ impl Sched {
         });
     }
 
-    /// Runs the receive task `key` asked the core to finish, if it asked one, and keeps the
-    /// result for its resume; false when it must wait on. `partial`: the last try before the
-    /// deadline, which hands over what arrived (LuaSocket's partial result).
-    pub(crate) fn finish_receive(&mut self, key: usize, partial: bool) -> bool {
-        let ask = match self.tasks[key].receive.as_deref() {
-            Some(Receive::Asked(ask)) => *ask,
+    /// Goes on with the receive or send task `key` asked the core to finish, if it asked one,
+    /// and keeps the result for its resume; false when it must wait on. `last_try`: the
+    /// deadline passed, and whatever this try gives is the result (for a receive, LuaSocket's
+    /// partial result).
+    pub(crate) fn finish_transfer(&mut self, key: usize, last_try: bool) -> bool {
+        let next = match self.tasks[key].transfer.as_deref() {
+            Some(&Transfer::Receive(ask)) => self.try_receive(ask, last_try),
+            Some(&Transfer::Send(ask)) => try_send(ask, last_try),
             _ => return true,
         };
-        let received = self.receive_on(ask.skt, ask.pattern, ask.have, partial);
-        if matches!(received, Received::WouldBlock(_)) && !partial {
-            return false;
+        let finished = matches!(next, Transfer::Received(_) | Transfer::Sent(_));
+        self.tasks[key].transfer = Some(Box::new(next));
+        finished
+    }
+
+    fn try_receive(&mut self, ask: ReceiveAsk, last_try: bool) -> Transfer {
+        match self.receive_on(ask.skt, ask.pattern, ask.have, last_try) {
+            Received::WouldBlock(_) if !last_try => Transfer::Receive(ask),
+            received => Transfer::Received(received),
         }
-        if let Some(slot) = self.tasks[key].receive.as_deref_mut() {
-            *slot = Receive::Done(received);
-        }
-        true
     }
 
     /// `receive` on the connection of the LuaSocket object at `skt`, read directly. `have` is
@@ -128,9 +151,44 @@ impl Sched {
             Pattern::Count(pattern.max(0.0) as usize)
         };
         let have = have.max(0.0) as usize;
-        let ask = Receive::Asked(ReceiveAsk { skt, pattern, have });
-        self.tasks[key].receive = Some(Box::new(ask));
+        let ask = Transfer::Receive(ReceiveAsk { skt, pattern, have });
+        self.tasks[key].transfer = Some(Box::new(ask));
         true
+    }
+
+    /// OP_SEND: the task waits for the core to finish its send on the LuaSocket connection
+    /// `skt`: `[fd, deadline, next, end]`, the bytes `data[next..=end]`.
+    pub(crate) fn wait_to_send(
+        &mut self,
+        key: usize,
+        [fd, at, next, end]: [Option<f64>; 4],
+        skt: *const c_void,
+        data: *const [u8],
+    ) -> bool {
+        let Some(next) = next else {
+            return false;
+        };
+        if skt.is_null() || data.is_null() || !self.wait_for_fd(key, true, fd, at) {
+            return false;
+        }
+        let ask = Transfer::Send(SendAsk {
+            skt,
+            data,
+            next,
+            end,
+        });
+        self.tasks[key].transfer = Some(Box::new(ask));
+        true
+    }
+
+    /// The socket of a send the task asked the core to finish is being closed: the send ends
+    /// with "closed" and what went out so far. (An asked receive stays asked: the task then
+    /// tries once more itself.)
+    fn end_send_closed(&mut self, key: usize) {
+        if let Some(Transfer::Send(ask)) = self.tasks[key].transfer.as_deref() {
+            let sent = (ask.next - 1.0, Some("closed"));
+            self.tasks[key].transfer = Some(Box::new(Transfer::Sent(sent)));
+        }
     }
 
     pub(crate) fn waits_on(&self, task: &TaskRef) -> bool {
@@ -182,6 +240,21 @@ impl Sched {
     }
 }
 
+/// One more try of an asked send: all of it went out or an error stopped it (the result), the
+/// kernel's buffer is full again (the rest stays asked), or it is the last try.
+fn try_send(mut ask: SendAsk, last_try: bool) -> Transfer {
+    let (_, fd) = luasocket_fd(ask.skt);
+    // SAFETY: the waiting coroutine holds the string (see `SendAsk`).
+    let data = unsafe { &*ask.data };
+    match luasocket::send(fd, data, Some(ask.next), ask.end) {
+        (last, Some("timeout")) if !last_try => {
+            ask.next = last + 1.0;
+            Transfer::Send(ask)
+        }
+        sent => Transfer::Sent(sent),
+    }
+}
+
 impl Core {
     /// The readable phase for one fd: a TCP server accepts a connection; otherwise every reader
     /// runs (in the order they started waiting; each retries, so none is stranded, upstream
@@ -199,14 +272,15 @@ impl Core {
 
     /// Runs every task waiting on `fd` in one direction. Returns whether there was any.
     pub(crate) fn wake_and_run(&self, lua: &Lua, fd: RawFd, write: bool) -> bool {
-        let mut claimed = self.with_sched(|s| {
+        let (mut claimed, waiting_on) = self.with_sched(|s| {
             let mut list = s.sockets.take_waiters(fd, write);
             let mut still_waiting = Vec::new();
             s.claim_waiters(&mut list, &mut still_waiting, fd, write);
+            let waiting_on = !still_waiting.is_empty();
             for task in still_waiting {
                 s.sockets.add_waiter(fd, write, task);
             }
-            list
+            (list, waiting_on)
         });
         for &(key, gen) in &claimed {
             guarded(|| self.run_task(lua, key, gen));
@@ -214,7 +288,7 @@ impl Core {
         let any = !claimed.is_empty();
         claimed.clear();
         self.with_sched(|s| {
-            if write && !any {
+            if write && !any && !waiting_on {
                 // Nobody waits to write any more: stop the writability edges.
                 let _ = s.reactor.want_write(fd, false);
             }
@@ -268,6 +342,7 @@ impl Core {
         self.with_sched(|s| {
             for (key, gen) in s.sockets.forget(fd) {
                 if s.waits_on(&(key, gen)) {
+                    s.end_send_closed(key);
                     s.end_io_wait(key, true, true);
                 }
             }

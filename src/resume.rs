@@ -10,15 +10,18 @@ use std::ptr;
 use mlua::{ffi, Lua, RegistryKey, Table, Value};
 
 use crate::luasocket::Received;
+use crate::readiness::Sent;
 
 /// What a resumed coroutine did.
 pub enum Outcome {
-    /// Yielded `(TOKEN, op, args...)` (up to four numbers, then a userdata): a wait request
-    /// from the copas shim.
+    /// Yielded `(TOKEN, op, args...)` (up to four numbers, then a userdata and a string): a
+    /// wait request from the copas shim. The userdata and the string stay valid while the
+    /// coroutine waits: its frame holds them.
     Wait {
         op: i64,
         args: [Option<f64>; 4],
         object: *const c_void,
+        bytes: *const [u8],
     },
     /// Yielded anything else: user code called `coroutine.yield` itself.
     ForeignYield,
@@ -37,6 +40,8 @@ pub enum Arg {
     Boxed,
     /// What a receive the core finished gave: LuaSocket's results without the prefix.
     Received(Received),
+    /// What a send the core finished gave: `true, last` or `false, err, last`.
+    Sent(Sent),
 }
 
 /// Values cross between Lua and the raw resume through this table: the error object leaves the
@@ -112,6 +117,15 @@ pub unsafe fn resume(
                 ffi::lua_checkstack(l, 3);
                 nargs = push_received(l, received);
             }
+            Arg::Sent((last, err)) => {
+                ffi::lua_checkstack(l, 3);
+                ffi::lua_pushboolean(l, err.is_none() as c_int);
+                if let Some(err) = err {
+                    ffi::lua_pushlstring(l, err.as_ptr() as *const _, err.len());
+                }
+                ffi::lua_pushnumber(l, last);
+                nargs = if err.is_none() { 2 } else { 3 };
+            }
             _ => {}
         }
         let mut nres: c_int = 0;
@@ -186,10 +200,17 @@ unsafe fn decode_wait(l: *mut ffi::lua_State, nres: c_int, token: *mut c_void) -
     } else {
         ptr::null()
     };
+    let mut len = 0usize;
+    let bytes = if nres > 7 && ffi::lua_type(l, -nres + 7) == ffi::LUA_TSTRING {
+        ffi::lua_tolstring(l, -nres + 7, &mut len) as *const u8
+    } else {
+        ptr::null()
+    };
     Outcome::Wait {
         op,
         args: [number_at(2), number_at(3), number_at(4), number_at(5)],
         object,
+        bytes: ptr::slice_from_raw_parts(bytes, len),
     }
 }
 

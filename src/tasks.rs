@@ -14,9 +14,9 @@ use mlua::{ffi, Lua, Thread, Value};
 
 use crate::core::{Core, Sched};
 use crate::protocol::{
-    OP_FOREVER, OP_LOOKUP, OP_PAUSE, OP_READ, OP_RECEIVE, OP_SEMAPHORE, OP_WRITE,
+    OP_FOREVER, OP_LOOKUP, OP_PAUSE, OP_READ, OP_RECEIVE, OP_SEMAPHORE, OP_SEND, OP_WRITE,
 };
-use crate::readiness::Receive;
+use crate::readiness::Transfer;
 use crate::resume::{resume, Arg, Outcome};
 
 const FOREIGN_YIELD: &str =
@@ -58,8 +58,8 @@ pub(crate) enum Wait {
     SleepingUnbounded,
     /// `pauseforever()`: until woken; does not keep the loop alive by itself.
     Forever,
-    /// Waiting for readiness of `fd`, at most until `at` (with `Task::receive` asked, for
-    /// the core to finish that receive: OP_RECEIVE).
+    /// Waiting for readiness of `fd`, at most until `at` (with a `Task::transfer` asked, for
+    /// the core to finish that receive or send: OP_RECEIVE, OP_SEND).
     Io {
         fd: RawFd,
         write: bool,
@@ -91,9 +91,10 @@ pub(crate) struct Task {
     pub(crate) weak: bool,
     /// What its next resume returns, when its wait ended with a result (I/O, lookup, semaphore).
     pub(crate) result: Option<f64>,
-    /// The receive the core is to finish for it (OP_RECEIVE), then its result, which the next
-    /// resume returns. Boxed: most tasks never have one, and a task is kept small.
-    pub(crate) receive: Option<Box<Receive>>,
+    /// The receive or send the core is to finish for it (OP_RECEIVE, OP_SEND), then its
+    /// result, which the next resume returns. Boxed: most tasks never have one, and a task is
+    /// kept small.
+    pub(crate) transfer: Option<Box<Transfer>>,
     /// Monotonic time of the last yield, to report the elapsed wait on resume.
     pub(crate) since: u64,
     /// The coroutine's lua_State. Valid while `Store::threads` holds the coroutine, which it does
@@ -245,7 +246,7 @@ impl Core {
                 wait: Wait::Running,
                 weak: false,
                 result: None,
-                receive: None,
+                transfer: None,
                 since: 0,
                 state: co.state(),
             });
@@ -407,8 +408,9 @@ impl Core {
             t.wait = Wait::Running;
             let elapsed = (now.saturating_sub(t.since)) as f64 / 1e9;
             let result = t.result.take();
-            let arg = match t.receive.take().map(|r| *r) {
-                Some(Receive::Done(received)) => Arg::Received(received),
+            let arg = match t.transfer.take().map(|r| *r) {
+                Some(Transfer::Received(received)) => Arg::Received(received),
+                Some(Transfer::Sent(sent)) => Arg::Sent(sent),
                 _ => match result {
                     Some(result) => Arg::Number(result),
                     None if std::mem::replace(&mut t.started, true) => Arg::Number(elapsed),
@@ -429,11 +431,16 @@ impl Core {
     /// Files a task according to what its resume ended with.
     pub(crate) fn settle(&self, lua: &Lua, key: usize, outcome: Outcome) {
         match outcome {
-            Outcome::Wait { op, args, object } => {
+            Outcome::Wait {
+                op,
+                args,
+                object,
+                bytes,
+            } => {
                 if self.tracing() {
                     self.trace_task("yield", key, Some((op, args[0])));
                 }
-                if !self.file_wait(key, op, args, object) {
+                if !self.file_wait(key, op, args, object, bytes) {
                     self.end_task(key, Some(foreign_yield_error(lua)));
                 }
             }
@@ -486,6 +493,7 @@ impl Core {
         op: i64,
         [arg, arg2, arg3, arg4]: [Option<f64>; 4],
         object: *const c_void,
+        bytes: *const [u8],
     ) -> bool {
         let canceled = self.with_sched(|s| {
             let now = s.step_now;
@@ -514,6 +522,7 @@ impl Core {
             }
             OP_READ | OP_WRITE => s.wait_for_fd(key, op == OP_WRITE, arg, arg2),
             OP_RECEIVE => s.wait_to_receive(key, [arg, arg2, arg3, arg4], object),
+            OP_SEND => s.wait_to_send(key, [arg, arg2, arg3, arg4], object, bytes),
             OP_LOOKUP => s.wait_for_lookup(key, arg, arg2),
             OP_SEMAPHORE => s.wait_in_line(key, arg, arg2, arg3, arg4),
             _ => false,

@@ -97,7 +97,7 @@ impl Sched {
             Wait::Io { fd, write, .. } => {
                 let gen = self.tasks[key].gen;
                 self.sockets.remove_waiter(fd, write, (key, gen));
-                self.finish_receive(key, true);
+                self.finish_transfer(key, true);
                 self.end_io_wait(key, false, true);
             }
             Wait::Lookup { .. } => self.end_io_wait(key, false, true),

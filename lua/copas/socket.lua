@@ -16,6 +16,7 @@ return function(copas, shared)
   local TOKEN, OP_READ, OP_WRITE = core.TOKEN, core.OP_READ, core.OP_WRITE
   local MODE_LINE, MODE_ALL = core.MODE_LINE, core.MODE_ALL
   local OP_RECEIVE, PATTERN_LINE, PATTERN_ALL = core.OP_RECEIVE, core.PATTERN_LINE, core.PATTERN_ALL
+  local OP_SEND = core.OP_SEND
   local sched_recv, sched_send = sched.recv, sched.send
   local yield = coroutine.yield
   local type, tonumber, tostring, getmetatable, setmetatable =
@@ -340,6 +341,18 @@ return function(copas, shared)
     return i == nil or type(i) == "number"
   end
 
+  -- The rest of a send on a LuaSocket connection after the first try said "timeout", from
+  -- byte `sent + 1` on: one yield, and the core resumes this thread once all of it went out
+  -- (`true, last`), or an error, a close or the deadline stopped it (`false, err, last`).
+  local function send_directly(skt, data, sent, j, deadline)
+    local fd = watch(skt)
+    if fd == nil then return nil, "closed", sent end
+    local sent_all, result, last = yield(TOKEN, OP_SEND, fd, deadline, sent + 1, j, skt, data)
+    if sent_all then return result end
+    if result == "timeout" then result = timeout_error(result) end
+    return nil, result, last
+  end
+
   function copas.send(skt, data, i, j)
     check_socket(skt, 1, "send")
     skt = unwrap(skt)
@@ -349,6 +362,7 @@ return function(copas, shared)
     spend(err)
     if last or not RETRY[err] then return last, err, sent end
     local deadline = deadline_for(send_timeouts[skt])
+    if direct then return send_directly(skt, data, sent, j, deadline) end
     local ready, failed = true
     while true do
       ready, failed = wait_again(skt, OP_WRITE, deadline, ready, err)
