@@ -2,9 +2,10 @@
 -- upstream Copas 4.11's, ../shared/docs/copas-behaviour.md beside this repository (the §s below).
 --
 -- This file holds the API table: names, error handlers, threads, pause/wakeup, copas.timeout,
--- loop/step/exit/status and debug, with the late binding through the `copas` table that upstream
--- programs observe. The socket functions come from private modules (copas/socket.lua, server.lua,
--- tls.lua, wrap.lua). Scheduling, sleeping, timers and readiness are in Rust (src/).
+-- loop/step/exit/status, with the late binding through the `copas` table that upstream programs
+-- observe. The socket functions and copas.debug come from private modules (copas/socket.lua,
+-- server.lua, tls.lua, wrap.lua, debug.lua). Scheduling, sleeping, timers and readiness are in
+-- Rust (src/).
 
 if _VERSION == "Lua 5.1" then
   -- Upstream refuses these orders on 5.1 and LuaJIT, where copas patches LuaSocket on load.
@@ -30,8 +31,7 @@ local system = optional("system")
 local sched = core.new()
 local TOKEN, OP_PAUSE, OP_FOREVER, OP_TIMER_DONE =
   core.TOKEN, core.OP_PAUSE, core.OP_FOREVER, core.OP_TIMER_DONE
-local OP_READ, OP_WRITE, OP_SEMAPHORE = core.OP_READ, core.OP_WRITE, core.OP_SEMAPHORE
-local OP_RECEIVE = core.OP_RECEIVE
+local OP_SEMAPHORE = core.OP_SEMAPHORE
 
 local yield = coroutine.yield
 local type, select, tostring, error, pcall, xpcall, setmetatable, getmetatable =
@@ -378,13 +378,15 @@ local shared = {
   argerror = argerror, is_callable = is_callable,
   -- while debug logging runs, a handler thread started by accepting is one whose exit is logged
   traced = function(co) if traced_exits then traced_exits[co] = true end end,
+  -- debug logging starts (a weak table) and stops (nil) the record of such threads
+  set_traced_exits = function(t) traced_exits = t end,
+  traced_exits = function() return traced_exits end,
 }
 require("copas.socket")(copas, shared)
 require("copas.server")(copas, shared)
 require("copas.tls")(copas, shared)
 require("copas.wrap")(copas, shared)
 
-local is_wrapper, check_socket = shared.is_wrapper, shared.check_socket
 local fd_socket, server_at = shared.fd_socket, shared.server_at
 local close_autoclosed = shared.close_autoclosed
 
@@ -510,109 +512,10 @@ end
 
 
 -------------------------------------------------------------------------------
--- Debug logging
+-- Debug logging: copas/debug.lua
 -------------------------------------------------------------------------------
 
-copas.debug = {}
-
--- The yielded value as upstream logs it: pause(0) shows 0, not 0.0.
-local function as_logged(seconds)
-  if seconds and math.tointeger then return math.tointeger(seconds) or seconds end
-  return seconds or 0
-end
-
-local function trace_line(logger, with_core)
-  return function(event, co, op, seconds)
-    local name = copas.getthreadname(co)
-    if name == "copas_core_timer" and not with_core then return end
-    if event == "resume" then
-      logger("resuming '", name, "'")
-    elseif event == "exit" then
-      if traced_exits and traced_exits[co] then logger("exiting '", name, "'") end
-    elseif op == OP_PAUSE then
-      logger("yielding '", name, "' to SLEEP for ", as_logged(seconds), " seconds")
-    elseif op == OP_FOREVER then
-      logger("yielding '", name, "' to SLEEP for ", -1, " seconds")
-    elseif op == OP_READ or op == OP_WRITE or op == OP_RECEIVE then
-      local skt = fd_socket[seconds]
-      logger("yielding '", name, "' to ", op == OP_WRITE and "WRITE" or "READ", " on '",
-             skt and copas.getsocketname(skt) or tostring(seconds), "'")
-    end
-  end
-end
-
-function copas.debug.start(logger, core_timer_too)
-  traced_exits = traced_exits or setmetatable({}, { __mode = "k" })
-  sched.set_tracer(trace_line(logger or print, core_timer_too))
-end
-
-function copas.debug.stop()
-  traced_exits = nil
-  sched.set_tracer(nil)
-end
-
--- Names for the arguments and results of the calls debug.socket prints; others are numbered.
-local CALL_LABELS = {
-  settimeout_in = { "socket", "seconds", "mode" },
-  connect_in = { "socket", "address", "port" },
-  connect_out = { "success", "error" },
-  send_in = { "socket", "data", "start index", "end index" },
-  send_out = { "last index sent", "error", "last index sent on error" },
-  receive_in = { "socket", "pattern", "prefix" },
-  receive_out = { "received", "error", "partial data" },
-  getfd_out = { "fd" },
-  close_out = { "success", "error" },
-}
-
-local function print_call(labels, header, ...)
-  print(header)
-  local n = select("#", ...)
-  labels = labels or {}
-  for i = 1, math.max(n, #labels) do
-    local v = select(i, ...)
-    local label = labels[i] or i
-    if type(v) == "string" then
-      local shown = v:sub(1, 30)
-      if shown ~= v then shown = shown .. "(...truncated)" end
-      print(("\t%s: '%s' (string #%d)"):format(label, shown, #v))
-    else
-      print(("\t%s: '%s' (%s)"):format(label, tostring(v), type(v)))
-    end
-  end
-end
-
-local call_count = 0
-local debug_socket_mt = {
-  __index = function(self, key)
-    local original = self.__original_socket
-    local value = original[key]
-    if type(value) ~= "function" then return value end
-    return function(this, ...)
-      call_count = call_count + 1
-      local id = call_count
-      local target = this == self and original or this
-      local k = tostring(key)
-      print_call(CALL_LABELS[k .. "_in"], id .. "-calling '" .. k .. "' with; ", target, ...)
-      local results = { n = 0 }
-      local function keep(...) results = { n = select("#", ...), ... } end
-      keep(value(target, ...))
-      print_call(CALL_LABELS[k .. "_out"], id .. "-results '" .. k .. "' returned; ",
-                 unpack(results, 1, results.n))
-      return unpack(results, 1, results.n)
-    end
-  end,
-  __tostring = function(self) return tostring(self.__original_socket) end,
-}
-
--- A proxy that prints every call made on the socket (a wrapper gets its inner socket proxied).
-function copas.debug.socket(skt)
-  if is_wrapper(skt) then
-    skt.socket = copas.debug.socket(skt.socket)
-    return skt
-  end
-  check_socket(skt, 1, "socket")
-  return setmetatable({ __original_socket = skt }, debug_socket_mt)
-end
+require("copas.debug")(copas, shared)
 
 
 -------------------------------------------------------------------------------
