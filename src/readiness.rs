@@ -25,8 +25,9 @@ use crate::tasks::{guarded, unpack, TaskRef, Wait};
 use crate::timers::Target;
 
 /// A receive or a send a waiting task asked the core to finish (OP_RECEIVE, OP_SEND), then
-/// its result, which the task's next resume returns.
+/// its result, which the task's next resume returns; `Idle` between two.
 pub(crate) enum Transfer {
+    Idle,
     Receive(ReceiveAsk),
     Send(SendAsk),
     Received(Received),
@@ -102,7 +103,9 @@ impl Sched {
             _ => return true,
         };
         let finished = matches!(next, Transfer::Received(_) | Transfer::Sent(_));
-        self.tasks[key].transfer = Some(Box::new(next));
+        if let Some(slot) = self.tasks[key].transfer.as_deref_mut() {
+            *slot = next;
+        }
         finished
     }
 
@@ -152,7 +155,7 @@ impl Sched {
         };
         let have = have.max(0.0) as usize;
         let ask = Transfer::Receive(ReceiveAsk { skt, pattern, have });
-        self.tasks[key].transfer = Some(Box::new(ask));
+        self.tasks[key].ask(ask);
         true
     }
 
@@ -177,7 +180,7 @@ impl Sched {
             next,
             end,
         });
-        self.tasks[key].transfer = Some(Box::new(ask));
+        self.tasks[key].ask(ask);
         true
     }
 
@@ -185,9 +188,10 @@ impl Sched {
     /// with "closed" and what went out so far. (An asked receive stays asked: the task then
     /// tries once more itself.)
     fn end_send_closed(&mut self, key: usize) {
-        if let Some(Transfer::Send(ask)) = self.tasks[key].transfer.as_deref() {
-            let sent = (ask.next - 1.0, Some("closed"));
-            self.tasks[key].transfer = Some(Box::new(Transfer::Sent(sent)));
+        if let Some(slot) = self.tasks[key].transfer.as_deref_mut() {
+            if let Transfer::Send(ask) = *slot {
+                *slot = Transfer::Sent((ask.next - 1.0, Some("closed")));
+            }
         }
     }
 

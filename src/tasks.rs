@@ -93,13 +93,24 @@ pub(crate) struct Task {
     pub(crate) result: Option<f64>,
     /// The receive or send the core is to finish for it (OP_RECEIVE, OP_SEND), then its
     /// result, which the next resume returns. Boxed: most tasks never have one, and a task is
-    /// kept small.
+    /// kept small; once made, the box serves each later transfer of the task (a connection's
+    /// handler waits again and again).
     pub(crate) transfer: Option<Box<Transfer>>,
     /// Monotonic time of the last yield, to report the elapsed wait on resume.
     pub(crate) since: u64,
     /// The coroutine's lua_State. Valid while `Store::threads` holds the coroutine, which it does
     /// whenever the task can be resumed (a forever-sleeper is moved back there on wake-up).
     pub(crate) state: *mut ffi::lua_State,
+}
+
+impl Task {
+    /// Files a receive or send for the core to finish (see `Task::transfer`).
+    pub(crate) fn ask(&mut self, transfer: Transfer) {
+        match self.transfer.as_deref_mut() {
+            Some(slot) => *slot = transfer,
+            None => self.transfer = Some(Box::new(transfer)),
+        }
+    }
 }
 
 /// Runs one task's turn so that a bug of the core (a panic) costs at most that task, never the
@@ -408,7 +419,11 @@ impl Core {
             t.wait = Wait::Running;
             let elapsed = (now.saturating_sub(t.since)) as f64 / 1e9;
             let result = t.result.take();
-            let arg = match t.transfer.take().map(|r| *r) {
+            let done = t
+                .transfer
+                .as_deref_mut()
+                .map(|t| std::mem::replace(t, Transfer::Idle));
+            let arg = match done {
                 Some(Transfer::Received(received)) => Arg::Received(received),
                 Some(Transfer::Sent(sent)) => Arg::Sent(sent),
                 _ => match result {
