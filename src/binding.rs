@@ -16,10 +16,10 @@ use std::os::raw::{c_int, c_void};
 use std::ptr;
 use std::rc::Rc;
 
-use mlua::{ffi, AnyUserData, Function, Lua, MultiValue, Table, Thread, Value, WeakLua};
+use mlua::{ffi, AnyUserData, Function, Lua, Table, Thread, Value, WeakLua};
 
 use crate::core::{keep_for_process, Core};
-use crate::errors;
+use crate::errors::{self, Args, Reply};
 use crate::luasocket::{self, Pattern, Received};
 use crate::protocol::{self, MODE_ALL, MODE_LINE};
 use crate::semaphore::Take;
@@ -43,11 +43,11 @@ impl Instance<'_> {
         F: Fn(&Lua, &Core, A) -> mlua::Result<R> + 'static,
     {
         let core = Rc::clone(&self.core);
-        let function = self.lua.create_function(move |lua, args: MultiValue| {
-            let results = A::from_lua_multi(args, lua)
-                .and_then(|args| f(lua, &core, args))
-                .and_then(|r| r.into_lua_multi(lua));
-            errors::as_results(lua, name, results)
+        let function = self.lua.create_function(move |lua, args: Args<A>| {
+            Ok(Reply::new(
+                name,
+                args.0.and_then(|args| f(lua, &core, args)),
+            ))
         })?;
         self.table
             .raw_set(name, errors::plain_errors(self.lua, function, self.open)?)

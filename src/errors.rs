@@ -3,7 +3,7 @@
 //! An error returned by an mlua callback reaches Lua as a userdata whose text is mlua's
 //! (`error converting Lua nil to i64`, `runtime error: ...`, an OS error's `(os error 9)`)
 //! followed by a stack traceback. Programs match error strings, so a core function never
-//! returns an error to mlua: `as_results` turns it into the results `false, message`, with the
+//! returns an error to mlua: `Reply` turns it into the results `false, message`, with the
 //! message a Lua function would give (`lua_style`: `bad argument #1 to 'remove' (number
 //! expected, got nil)`), and `true, ...` otherwise; `plain_errors`, a C function around the
 //! mlua one, raises the message as a plain string. (mlua's own error path also fails while
@@ -11,28 +11,62 @@
 
 use std::os::raw::{c_int, c_void};
 
-use mlua::{ffi, Error, Function, Lua, MultiValue, Value, WeakLua};
+use mlua::state::RawLua;
+use mlua::{ffi, Error, FromLuaMulti, Function, IntoLuaMulti, Lua, MultiValue, WeakLua};
 
 use crate::protect_slots;
 
+/// The arguments of a core function, converted by mlua straight off the Lua stack; a bad
+/// argument is kept as the error instead of being raised through mlua.
+pub struct Args<A>(pub mlua::Result<A>);
+
+impl<A: FromLuaMulti> FromLuaMulti for Args<A> {
+    fn from_lua_multi(values: MultiValue, lua: &Lua) -> mlua::Result<Self> {
+        Ok(Args(A::from_lua_multi(values, lua)))
+    }
+
+    unsafe fn from_stack_multi(nvals: c_int, lua: &RawLua) -> mlua::Result<Self> {
+        // SAFETY: forwarded as mlua called it.
+        Ok(Args(unsafe { A::from_stack_multi(nvals, lua) }))
+    }
+
+    unsafe fn from_stack_args(
+        nargs: c_int,
+        i: usize,
+        to: Option<&str>,
+        lua: &RawLua,
+    ) -> mlua::Result<Self> {
+        // SAFETY: forwarded as mlua called it.
+        Ok(Args(unsafe { A::from_stack_args(nargs, i, to, lua) }))
+    }
+}
+
 /// The results of a core function for `plain_errors`: `true` and its results, or `false` and
-/// the message of its error.
-pub fn as_results(
-    lua: &Lua,
-    name: &str,
-    results: mlua::Result<MultiValue>,
-) -> mlua::Result<MultiValue> {
-    match results {
-        Ok(mut values) => {
-            values.push_front(Value::Boolean(true));
-            Ok(values)
+/// the message of its error (`Reply::new` words it). Pushed straight onto the Lua stack: no
+/// list of values is made per call.
+pub struct Reply<R>(Result<R, String>);
+
+impl<R> Reply<R> {
+    pub fn new(name: &str, results: mlua::Result<R>) -> Self {
+        Reply(results.map_err(|e| lua_style(name, &e)))
+    }
+}
+
+impl<R: IntoLuaMulti> IntoLuaMulti for Reply<R> {
+    fn into_lua_multi(self, lua: &Lua) -> mlua::Result<MultiValue> {
+        match self.0 {
+            Ok(results) => (true, results).into_lua_multi(lua),
+            Err(message) => (false, message).into_lua_multi(lua),
         }
-        Err(e) => {
-            let message = lua.create_string(lua_style(name, &e))?;
-            Ok(MultiValue::from_iter([
-                Value::Boolean(false),
-                Value::String(message),
-            ]))
+    }
+
+    unsafe fn push_into_stack_multi(self, lua: &RawLua) -> mlua::Result<c_int> {
+        // SAFETY: forwarded as mlua called it.
+        unsafe {
+            match self.0 {
+                Ok(results) => (true, results).push_into_stack_multi(lua),
+                Err(message) => (false, message).push_into_stack_multi(lua),
+            }
         }
     }
 }
@@ -146,7 +180,7 @@ unsafe extern "C-unwind" fn call_with_plain_errors(l: *mut ffi::lua_State) -> c_
                 ffi::lua_remove(l, 1);
                 return ffi::lua_gettop(l);
             }
-            ffi::lua_settop(l, 2); // the message, from `as_results`
+            ffi::lua_settop(l, 2); // the message, from `Reply`
             ffi::lua_error(l);
         }
         // An error of mlua itself (a panic of the core, a failed allocation).
