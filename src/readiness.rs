@@ -4,8 +4,8 @@
 //!
 //! Waiting: a coroutine tries the operation first and yields OP_READ/OP_WRITE only after it
 //! said "timeout"/"wantread"/"wantwrite"; on a LuaSocket connection it yields OP_RECEIVE or
-//! OP_SEND instead, and the core finishes the transfer before it resumes the coroutine
-//! (`Transfer`). Readiness runs *every* waiter of that direction in order (each retries; an
+//! OP_SEND instead, and the core finishes the transfer (`Ask`) before it resumes the coroutine
+//! with its result (`Transfer`). Readiness runs *every* waiter of that direction in order (each retries; an
 //! extra wake-up costs one failed try), so several readers of one socket are never stranded; a
 //! deadline takes the waiter off the fd's list. Writability is asked of epoll only while
 //! somebody waits to write (`Reactor::want_write`).
@@ -20,18 +20,30 @@ use crate::core::{Core, Sched};
 use crate::dns::Answer;
 use crate::luasocket::{self, is_luasocket_client, luasocket_fd, Conn, Pattern, Received};
 use crate::protocol::{ACCEPTED, ACCEPT_FAILED, PATTERN_ALL, PATTERN_LINE};
-use crate::sockets::Server;
+use crate::sockets::{Server, Waiter};
 use crate::tasks::{guarded, unpack, TaskRef, Wait};
 use crate::timers::Target;
 
-/// A receive or a send a waiting task asked the core to finish (OP_RECEIVE, OP_SEND), then
-/// its result, which the task's next resume returns; `Idle` between two.
-pub(crate) enum Transfer {
-    Idle,
+/// What a task waiting on a descriptor asked the core to do once it is ready: only resume it
+/// (OP_READ/OP_WRITE: it tries again itself), or first finish its receive or send (OP_RECEIVE,
+/// OP_SEND). Kept in the descriptor's waiter list (`sockets::Waiter`).
+#[derive(Clone, Copy, PartialEq, Debug)]
+pub(crate) enum Ask {
+    Retry,
     Receive(ReceiveAsk),
     Send(SendAsk),
+}
+
+/// What a receive or send the core finished came to; the task's next resume returns it.
+pub(crate) enum Transfer {
     Received(Received),
     Sent(Sent),
+}
+
+/// An ask after one more try: still waiting (with what is left to do), or done.
+enum Progress {
+    Waiting(Ask),
+    Done(Option<Transfer>),
 }
 
 /// A receive a waiting task asked the core to finish (OP_RECEIVE): on the LuaSocket object at
@@ -72,48 +84,57 @@ impl Sched {
     /// once that is complete; otherwise it stays in `still_waiting`, without having been resumed.
     pub(crate) fn claim_waiters(
         &mut self,
-        list: &mut Vec<TaskRef>,
-        still_waiting: &mut Vec<TaskRef>,
+        list: &mut Vec<Waiter>,
+        still_waiting: &mut Vec<Waiter>,
         fd: RawFd,
         write: bool,
     ) {
-        list.retain(|&(key, gen)| {
+        list.retain(|&Waiter { task, ask }| {
+            let (key, gen) = task;
             let waiting = matches!(self.task(key, gen),
                 Some(t) if matches!(t.wait, Wait::Io { fd: f, write: w, .. } if f == fd && w == write));
             if !waiting {
                 return false;
             }
-            if !self.finish_transfer(key, false) {
-                still_waiting.push((key, gen));
-                return false;
+            match self.go_on(ask, false) {
+                Progress::Waiting(ask) => {
+                    still_waiting.push(Waiter { task, ask });
+                    false
+                }
+                Progress::Done(transfer) => {
+                    self.keep_transfer(key, transfer);
+                    self.end_io_wait(key, true, false);
+                    true
+                }
             }
-            self.end_io_wait(key, true, false);
-            true
         });
     }
 
-    /// Goes on with the receive or send task `key` asked the core to finish, if it asked one,
-    /// and keeps the result for its resume; false when it must wait on. `last_try`: the
-    /// deadline passed, and whatever this try gives is the result (for a receive, LuaSocket's
-    /// partial result).
-    pub(crate) fn finish_transfer(&mut self, key: usize, last_try: bool) -> bool {
-        let next = match self.tasks[key].transfer.as_deref() {
-            Some(&Transfer::Receive(ask)) => self.try_receive(ask, last_try),
-            Some(&Transfer::Send(ask)) => try_send(ask, last_try),
-            _ => return true,
-        };
-        let finished = matches!(next, Transfer::Received(_) | Transfer::Sent(_));
-        if let Some(slot) = self.tasks[key].transfer.as_deref_mut() {
-            *slot = next;
+    /// The deadline of a waiter passed: a receive or send it asked for gets one last try,
+    /// whose result is the transfer's (for a receive, LuaSocket's partial result).
+    pub(crate) fn last_try(&mut self, key: usize, ask: Ask) {
+        if let Progress::Done(transfer) = self.go_on(ask, true) {
+            self.keep_transfer(key, transfer);
         }
-        finished
     }
 
-    fn try_receive(&mut self, ask: ReceiveAsk, last_try: bool) -> Transfer {
-        match self.receive_on(ask.skt, ask.pattern, ask.have, last_try) {
-            Received::WouldBlock(_) if !last_try => Transfer::Receive(ask),
-            received => Transfer::Received(received),
+    /// One more try of what a waiter asked for, on its descriptor's readiness (or, with
+    /// `last_try`, at its deadline: then it is done whatever the try gives).
+    fn go_on(&mut self, ask: Ask, last_try: bool) -> Progress {
+        match ask {
+            Ask::Retry => Progress::Done(None),
+            Ask::Receive(r) => match self.receive_on(r.skt, r.pattern, r.have, last_try) {
+                Received::WouldBlock(_) if !last_try => Progress::Waiting(ask),
+                received => Progress::Done(Some(Transfer::Received(received))),
+            },
+            Ask::Send(s) => try_send(s, last_try),
         }
+    }
+
+    /// Keeps a finished transfer for the task's next resume. (The box is made here, as the
+    /// task is about to run: fresh memory is cheaper than a box that waited with the task.)
+    fn keep_transfer(&mut self, key: usize, transfer: Option<Transfer>) {
+        self.tasks[key].transfer = transfer.map(Box::new);
     }
 
     /// `receive` on the connection of the LuaSocket object at `skt`, read directly. `have` is
@@ -143,7 +164,7 @@ impl Sched {
         let (Some(pattern), Some(have)) = (pattern, have) else {
             return false;
         };
-        if skt.is_null() || !self.wait_for_fd(key, false, fd, at) {
+        if skt.is_null() {
             return false;
         }
         let pattern = if pattern == PATTERN_LINE {
@@ -154,9 +175,8 @@ impl Sched {
             Pattern::Count(pattern.max(0.0) as usize)
         };
         let have = have.max(0.0) as usize;
-        let ask = Transfer::Receive(ReceiveAsk { skt, pattern, have });
-        self.tasks[key].ask(ask);
-        true
+        let ask = Ask::Receive(ReceiveAsk { skt, pattern, have });
+        self.wait_for_fd(key, false, fd, at, ask)
     }
 
     /// OP_SEND: the task waits for the core to finish its send on the LuaSocket connection
@@ -171,27 +191,24 @@ impl Sched {
         let Some(next) = next else {
             return false;
         };
-        if skt.is_null() || data.is_null() || !self.wait_for_fd(key, true, fd, at) {
+        if skt.is_null() || data.is_null() {
             return false;
         }
-        let ask = Transfer::Send(SendAsk {
+        let ask = Ask::Send(SendAsk {
             skt,
             data,
             next,
             end,
         });
-        self.tasks[key].ask(ask);
-        true
+        self.wait_for_fd(key, true, fd, at, ask)
     }
 
     /// The socket of a send the task asked the core to finish is being closed: the send ends
-    /// with "closed" and what went out so far. (An asked receive stays asked: the task then
+    /// with "closed" and what went out so far. (An asked receive is dropped: the task then
     /// tries once more itself.)
-    fn end_send_closed(&mut self, key: usize) {
-        if let Some(slot) = self.tasks[key].transfer.as_deref_mut() {
-            if let Transfer::Send(ask) = *slot {
-                *slot = Transfer::Sent((ask.next - 1.0, Some("closed")));
-            }
+    fn end_send_closed(&mut self, key: usize, ask: Ask) {
+        if let Ask::Send(s) = ask {
+            self.keep_transfer(key, Some(Transfer::Sent((s.next - 1.0, Some("closed")))));
         }
     }
 
@@ -199,14 +216,16 @@ impl Sched {
         matches!(self.tasks.get(task.0), Some(t) if t.gen == task.1 && matches!(t.wait, Wait::Io { .. }))
     }
 
-    /// OP_READ/OP_WRITE: the task waits until `fd` is worth a retry in that direction, at most
-    /// until the deadline `at` (seconds of `Core::now`). False for a descriptor that cannot be.
+    /// OP_READ/OP_WRITE (`Ask::Retry`): the task waits until `fd` is worth a retry in that
+    /// direction, at most until the deadline `at` (seconds of `Core::now`); with another ask,
+    /// until the core did what it asks. False for a descriptor that cannot be.
     pub(crate) fn wait_for_fd(
         &mut self,
         key: usize,
         write: bool,
         fd: Option<f64>,
         at: Option<f64>,
+        ask: Ask,
     ) -> bool {
         let Some(fd) = fd.filter(|x| *x >= 0.0 && *x < i32::MAX as f64) else {
             return false;
@@ -219,7 +238,8 @@ impl Sched {
         }
         let at = self.deadline_at(at);
         let gen = self.tasks[key].gen;
-        self.sockets.add_waiter(fd, write, (key, gen));
+        let task = (key, gen);
+        self.sockets.add_waiter(fd, write, Waiter { task, ask });
         self.tasks[key].wait = Wait::Io { fd, write, at };
         self.io_waiting += 1;
         self.push_deadline(key, at);
@@ -246,16 +266,16 @@ impl Sched {
 
 /// One more try of an asked send: all of it went out or an error stopped it (the result), the
 /// kernel's buffer is full again (the rest stays asked), or it is the last try.
-fn try_send(mut ask: SendAsk, last_try: bool) -> Transfer {
+fn try_send(mut ask: SendAsk, last_try: bool) -> Progress {
     let (_, fd) = luasocket_fd(ask.skt);
     // SAFETY: the waiting coroutine holds the string (see `SendAsk`).
     let data = unsafe { &*ask.data };
     match luasocket::send(fd, data, Some(ask.next), ask.end) {
         (last, Some("timeout")) if !last_try => {
             ask.next = last + 1.0;
-            Transfer::Send(ask)
+            Progress::Waiting(Ask::Send(ask))
         }
-        sent => Transfer::Sent(sent),
+        sent => Progress::Done(Some(Transfer::Sent(sent))),
     }
 }
 
@@ -286,7 +306,10 @@ impl Core {
             }
             (list, waiting_on)
         });
-        for &(key, gen) in &claimed {
+        for &Waiter {
+            task: (key, gen), ..
+        } in &claimed
+        {
             guarded(|| self.run_task(lua, key, gen));
         }
         let any = !claimed.is_empty();
@@ -344,9 +367,10 @@ impl Core {
     /// retry then reports "closed", upstream bug #104) and it leaves the epoll set.
     pub fn close_fd(&self, fd: RawFd) {
         self.with_sched(|s| {
-            for (key, gen) in s.sockets.forget(fd) {
-                if s.waits_on(&(key, gen)) {
-                    s.end_send_closed(key);
+            for Waiter { task, ask } in s.sockets.forget(fd) {
+                if s.waits_on(&task) {
+                    let key = task.0;
+                    s.end_send_closed(key, ask);
                     s.end_io_wait(key, true, true);
                 }
             }

@@ -3,11 +3,21 @@
 //! Indexed by fd (descriptors are small integers, reused at once by the kernel). Waiter lists
 //! hold task references that may have gone stale (the task timed out, was removed or woken by
 //! other means); the scheduler checks each against the task's current wait when it wakes them.
+//! Each waiter carries what it asked the core to do once the descriptor is ready (`Ask`): the
+//! list is read at every readiness anyway, so the ask costs no further memory access there.
 
 use std::os::fd::RawFd;
 
 use crate::luasocket::{BorrowedStream, Conn, Pattern, Received, READ_SIZE};
+use crate::readiness::Ask;
 use crate::tasks::TaskRef;
+
+/// A task waiting on a descriptor in one direction, and what it asked for.
+#[derive(Clone, Copy, PartialEq, Debug)]
+pub struct Waiter {
+    pub task: TaskRef,
+    pub ask: Ask,
+}
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub enum Server {
@@ -22,8 +32,8 @@ pub enum Server {
 
 #[derive(Default)]
 struct Fd {
-    readers: Vec<TaskRef>,
-    writers: Vec<TaskRef>,
+    readers: Vec<Waiter>,
+    writers: Vec<Waiter>,
     server: Server,
     /// The receive buffer, for a connection copas reads itself (see `luasocket.rs`).
     conn: Option<Conn>,
@@ -51,7 +61,7 @@ impl Sockets {
         &mut self.fds[i]
     }
 
-    fn list(&mut self, fd: RawFd, write: bool) -> &mut Vec<TaskRef> {
+    fn list(&mut self, fd: RawFd, write: bool) -> &mut Vec<Waiter> {
         let slot = self.slot(fd);
         if write {
             &mut slot.writers
@@ -60,22 +70,31 @@ impl Sockets {
         }
     }
 
-    pub fn add_waiter(&mut self, fd: RawFd, write: bool, task: TaskRef) {
-        self.list(fd, write).push(task);
+    pub fn add_waiter(&mut self, fd: RawFd, write: bool, waiter: Waiter) {
+        self.list(fd, write).push(waiter);
     }
 
-    pub fn remove_waiter(&mut self, fd: RawFd, write: bool, task: TaskRef) {
-        self.list(fd, write).retain(|t| *t != task);
+    /// Takes `task` off the list (every entry of it); returns its (last) entry.
+    pub fn remove_waiter(&mut self, fd: RawFd, write: bool, task: TaskRef) -> Option<Waiter> {
+        let mut removed = None;
+        self.list(fd, write).retain(|w| {
+            let other = w.task != task;
+            if !other {
+                removed = Some(*w);
+            }
+            other
+        });
+        removed
     }
 
     /// Every waiter of one direction, in the order they started waiting.
-    pub fn take_waiters(&mut self, fd: RawFd, write: bool) -> Vec<TaskRef> {
+    pub fn take_waiters(&mut self, fd: RawFd, write: bool) -> Vec<Waiter> {
         std::mem::take(self.list(fd, write))
     }
 
     /// Returns an emptied waiter list so its allocation serves the next waits, unless new
     /// waiters arrived meanwhile.
-    pub fn give_back(&mut self, fd: RawFd, write: bool, list: Vec<TaskRef>) {
+    pub fn give_back(&mut self, fd: RawFd, write: bool, list: Vec<Waiter>) {
         let slot = self.list(fd, write);
         if slot.is_empty() {
             *slot = list;
@@ -165,7 +184,7 @@ impl Sockets {
 
     /// The descriptor is about to be closed: it stops being a server, its buffer goes, and its
     /// waiters (both directions) are returned to be woken.
-    pub fn forget(&mut self, fd: RawFd) -> Vec<TaskRef> {
+    pub fn forget(&mut self, fd: RawFd) -> Vec<Waiter> {
         if fd < 0 || fd as usize >= self.fds.len() {
             return Vec::new();
         }
@@ -197,10 +216,10 @@ impl Sockets {
         let mut read = 0;
         let mut write = 0;
         for f in &self.fds {
-            if f.server != Server::None || f.readers.iter().any(&live) {
+            if f.server != Server::None || f.readers.iter().any(|w| live(&w.task)) {
                 read += 1;
             }
-            if f.writers.iter().any(&live) {
+            if f.writers.iter().any(|w| live(&w.task)) {
                 write += 1;
             }
         }
@@ -226,17 +245,33 @@ mod tests {
     const READ: bool = false;
     const WRITE: bool = true;
 
+    /// Adds a waiter that only asked to be resumed.
+    fn add(s: &mut Sockets, fd: RawFd, write: bool, task: TaskRef) {
+        s.add_waiter(
+            fd,
+            write,
+            Waiter {
+                task,
+                ask: Ask::Retry,
+            },
+        );
+    }
+
+    fn tasks(list: Vec<Waiter>) -> Vec<TaskRef> {
+        list.into_iter().map(|w| w.task).collect()
+    }
+
     #[test]
     fn waiters_come_back_in_the_order_they_started_waiting_per_direction() {
         let mut s = Sockets::default();
-        s.add_waiter(5, READ, B);
-        s.add_waiter(5, WRITE, C);
-        s.add_waiter(5, READ, A);
-        assert_eq!(s.take_waiters(5, READ), vec![B, A]);
-        assert_eq!(s.take_waiters(5, READ), vec![], "taken once");
-        assert_eq!(s.take_waiters(5, WRITE), vec![C]);
+        add(&mut s, 5, READ, B);
+        add(&mut s, 5, WRITE, C);
+        add(&mut s, 5, READ, A);
+        assert_eq!(tasks(s.take_waiters(5, READ)), vec![B, A]);
+        assert_eq!(tasks(s.take_waiters(5, READ)), vec![], "taken once");
+        assert_eq!(tasks(s.take_waiters(5, WRITE)), vec![C]);
         assert_eq!(
-            s.take_waiters(6, WRITE),
+            tasks(s.take_waiters(6, WRITE)),
             vec![],
             "another descriptor has none"
         );
@@ -246,36 +281,36 @@ mod tests {
     fn removing_a_waiter_leaves_the_others_and_the_other_direction() {
         let mut s = Sockets::default();
         for task in [A, B, A] {
-            s.add_waiter(3, READ, task);
+            add(&mut s, 3, READ, task);
         }
-        s.add_waiter(3, WRITE, A);
+        add(&mut s, 3, WRITE, A);
         s.remove_waiter(3, READ, A);
-        assert_eq!(s.take_waiters(3, READ), vec![B]);
-        assert_eq!(s.take_waiters(3, WRITE), vec![A]);
+        assert_eq!(tasks(s.take_waiters(3, READ)), vec![B]);
+        assert_eq!(tasks(s.take_waiters(3, WRITE)), vec![A]);
         // The same slot with another generation is another task.
-        s.add_waiter(3, READ, (1, 1));
+        add(&mut s, 3, READ, (1, 1));
         s.remove_waiter(3, READ, A);
-        assert_eq!(s.take_waiters(3, READ), vec![(1, 1)]);
+        assert_eq!(tasks(s.take_waiters(3, READ)), vec![(1, 1)]);
     }
 
     #[test]
     fn give_back_keeps_the_allocation_unless_new_waiters_arrived() {
         let mut s = Sockets::default();
         for task in 0..64 {
-            s.add_waiter(4, READ, (task, 0));
+            add(&mut s, 4, READ, (task, 0));
         }
         let mut list = s.take_waiters(4, READ);
         let capacity = list.capacity();
         list.clear();
         s.give_back(4, READ, list);
-        s.add_waiter(4, READ, A);
+        add(&mut s, 4, READ, A);
         let list = s.take_waiters(4, READ);
-        assert_eq!(list, vec![A]);
         assert_eq!(list.capacity(), capacity, "the allocation was reused");
+        assert_eq!(tasks(list), vec![A]);
         // A waiter that arrived while the list was out must not be overwritten.
-        s.add_waiter(4, READ, B);
+        add(&mut s, 4, READ, B);
         s.give_back(4, READ, Vec::with_capacity(128));
-        assert_eq!(s.take_waiters(4, READ), vec![B]);
+        assert_eq!(tasks(s.take_waiters(4, READ)), vec![B]);
     }
 
     #[test]
@@ -321,11 +356,11 @@ mod tests {
         let mut s = Sockets::default();
         s.set_server(6, Server::Tcp);
         s.accept_again.push(6);
-        s.add_waiter(6, READ, A);
-        s.add_waiter(6, WRITE, B);
-        s.add_waiter(6, READ, C);
+        add(&mut s, 6, READ, A);
+        add(&mut s, 6, WRITE, B);
+        add(&mut s, 6, READ, C);
         s.start_backoff(6, 5);
-        let mut woken = s.forget(6);
+        let mut woken = tasks(s.forget(6));
         woken.sort();
         assert_eq!(woken, vec![A, B, C]);
         assert_eq!(s.servers(), 0);
@@ -361,11 +396,11 @@ mod tests {
     #[test]
     fn counts_see_descriptors_with_a_live_waiter_and_servers_as_read() {
         let mut s = Sockets::default();
-        s.add_waiter(1, READ, A); // live
-        s.add_waiter(1, READ, B); // same descriptor: counted once
-        s.add_waiter(2, READ, C); // stale only
-        s.add_waiter(2, WRITE, A); // live
-        s.add_waiter(3, WRITE, C); // stale only
+        add(&mut s, 1, READ, A); // live
+        add(&mut s, 1, READ, B); // same descriptor: counted once
+        add(&mut s, 2, READ, C); // stale only
+        add(&mut s, 2, WRITE, A); // live
+        add(&mut s, 3, WRITE, C); // stale only
         s.set_server(4, Server::Udp); // no waiter, still a reader
         let live = |t: &TaskRef| *t != C;
         assert_eq!(s.counts(live), (2, 1));
@@ -376,11 +411,11 @@ mod tests {
     #[test]
     fn waited_on_descriptors_and_servers_are_listed_apart() {
         let mut s = Sockets::default();
-        s.add_waiter(2, WRITE, A);
-        s.add_waiter(5, READ, B);
+        add(&mut s, 2, WRITE, A);
+        add(&mut s, 5, READ, B);
         s.set_server(5, Server::Tcp); // a server with a waiter is listed as a server only
         s.set_server(9, Server::Udp);
-        s.add_waiter(11, READ, C);
+        add(&mut s, 11, READ, C);
         let _ = s.take_waiters(11, READ); // nobody waits there any more
         assert_eq!(s.waited_on_and_servers(), (vec![2], vec![5, 9]));
     }
@@ -388,7 +423,7 @@ mod tests {
     #[test]
     fn clear_forgets_waiters_servers_and_retries() {
         let mut s = Sockets::default();
-        s.add_waiter(2, READ, A);
+        add(&mut s, 2, READ, A);
         s.set_server(3, Server::Tcp);
         s.accept_again.push(3);
         s.start_backoff(3, 1);
@@ -396,6 +431,6 @@ mod tests {
         assert_eq!(s.servers(), 0);
         assert_eq!(s.counts(|_| true), (0, 0));
         assert!(s.accept_again.is_empty() && s.backoff_until(3).is_none());
-        assert_eq!(s.take_waiters(2, READ), vec![]);
+        assert_eq!(tasks(s.take_waiters(2, READ)), vec![]);
     }
 }

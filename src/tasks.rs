@@ -16,7 +16,7 @@ use crate::core::{Core, Sched};
 use crate::protocol::{
     OP_FOREVER, OP_LOOKUP, OP_PAUSE, OP_READ, OP_RECEIVE, OP_SEMAPHORE, OP_SEND, OP_WRITE,
 };
-use crate::readiness::Transfer;
+use crate::readiness::{Ask, Transfer};
 use crate::resume::{resume, Arg, Outcome};
 
 const FOREIGN_YIELD: &str =
@@ -58,8 +58,8 @@ pub(crate) enum Wait {
     SleepingUnbounded,
     /// `pauseforever()`: until woken; does not keep the loop alive by itself.
     Forever,
-    /// Waiting for readiness of `fd`, at most until `at` (with a `Task::transfer` asked, for
-    /// the core to finish that receive or send: OP_RECEIVE, OP_SEND).
+    /// Waiting for readiness of `fd`, at most until `at`; what it asked the core to do then
+    /// (resume it, or finish its receive or send first) is in the fd's waiter list.
     Io {
         fd: RawFd,
         write: bool,
@@ -91,26 +91,14 @@ pub(crate) struct Task {
     pub(crate) weak: bool,
     /// What its next resume returns, when its wait ended with a result (I/O, lookup, semaphore).
     pub(crate) result: Option<f64>,
-    /// The receive or send the core is to finish for it (OP_RECEIVE, OP_SEND), then its
-    /// result, which the next resume returns. Boxed: most tasks never have one, and a task is
-    /// kept small; once made, the box serves each later transfer of the task (a connection's
-    /// handler waits again and again).
+    /// What a receive or send the core finished for it gave (OP_RECEIVE, OP_SEND), for its
+    /// next resume. Boxed: most tasks never have one, and a task is kept small.
     pub(crate) transfer: Option<Box<Transfer>>,
     /// Monotonic time of the last yield, to report the elapsed wait on resume.
     pub(crate) since: u64,
     /// The coroutine's lua_State. Valid while `Store::threads` holds the coroutine, which it does
     /// whenever the task can be resumed (a forever-sleeper is moved back there on wake-up).
     pub(crate) state: *mut ffi::lua_State,
-}
-
-impl Task {
-    /// Files a receive or send for the core to finish (see `Task::transfer`).
-    pub(crate) fn ask(&mut self, transfer: Transfer) {
-        match self.transfer.as_deref_mut() {
-            Some(slot) => *slot = transfer,
-            None => self.transfer = Some(Box::new(transfer)),
-        }
-    }
 }
 
 /// Runs one task's turn so that a bug of the core (a panic) costs at most that task, never the
@@ -419,14 +407,10 @@ impl Core {
             t.wait = Wait::Running;
             let elapsed = (now.saturating_sub(t.since)) as f64 / 1e9;
             let result = t.result.take();
-            let done = t
-                .transfer
-                .as_deref_mut()
-                .map(|t| std::mem::replace(t, Transfer::Idle));
-            let arg = match done {
+            let arg = match t.transfer.take().map(|t| *t) {
                 Some(Transfer::Received(received)) => Arg::Received(received),
                 Some(Transfer::Sent(sent)) => Arg::Sent(sent),
-                _ => match result {
+                None => match result {
                     Some(result) => Arg::Number(result),
                     None if std::mem::replace(&mut t.started, true) => Arg::Number(elapsed),
                     None => Arg::Nothing,
@@ -535,7 +519,7 @@ impl Core {
                 s.forever += 1;
                 true
             }
-            OP_READ | OP_WRITE => s.wait_for_fd(key, op == OP_WRITE, arg, arg2),
+            OP_READ | OP_WRITE => s.wait_for_fd(key, op == OP_WRITE, arg, arg2, Ask::Retry),
             OP_RECEIVE => s.wait_to_receive(key, [arg, arg2, arg3, arg4], object),
             OP_SEND => s.wait_to_send(key, [arg, arg2, arg3, arg4], object, bytes),
             OP_LOOKUP => s.wait_for_lookup(key, arg, arg2),

@@ -96,8 +96,9 @@ impl Sched {
         match self.tasks[key].wait {
             Wait::Io { fd, write, .. } => {
                 let gen = self.tasks[key].gen;
-                self.sockets.remove_waiter(fd, write, (key, gen));
-                self.finish_transfer(key, true);
+                if let Some(waiter) = self.sockets.remove_waiter(fd, write, (key, gen)) {
+                    self.last_try(key, waiter.ask);
+                }
                 self.end_io_wait(key, false, true);
             }
             Wait::Lookup { .. } => self.end_io_wait(key, false, true),
